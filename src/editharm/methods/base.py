@@ -1,0 +1,70 @@
+"""The method interface: what every editing method module provides and returns.
+
+A method is a module that defines
+
+    NAME: str                   # the name used in config and in result paths
+    Hparams: type               # a dataclass; its fields are the YAML keys
+    SUPPORTS_BATCH: bool        # may `apply` receive more than one request?
+    EDITS_WEIGHTS: bool         # True: returns WeightUpdate (regularisers apply)
+    apply(model, tokenizer, requests, hparams, context) -> WeightUpdate | StateUpdate
+    stats_layers(hparams, facts) -> list[int]   # optional: layers needing covariance
+
+Nothing else in the pipeline knows about a particular method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+
+from editharm.requests import EditRequest
+
+
+@dataclass
+class WeightUpdate:
+    """Parameter name -> dW, in the parameter's own layout and shape, float32.
+
+    The pipeline regularises each dW, checks it is finite and adds it to the
+    parameter; methods never modify the model themselves.
+    """
+
+    deltas: dict[str, torch.Tensor]
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. optimisation steps, losses
+
+
+@dataclass
+class StateUpdate:
+    """The new method state (codebooks, memories) for methods that do not change weights."""
+
+    state: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+Update = WeightUpdate | StateUpdate
+
+
+@dataclass
+class EditContext:
+    """Shared, cached things a method may use.
+
+    covariance(layer) returns the uncentred second moment E[k k^T] of the MLP keys
+    at that layer (float32, [d_ff, d_ff]), loaded lazily from the layer_stats files.
+    state is the method's accumulated state, carried across sequential segments.
+    """
+
+    facts: Any  # editharm.models.ModelFacts
+    covariance: Callable[[int], torch.Tensor]
+    state: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    artifacts: dict[str, str] = field(default_factory=dict)  # e.g. trained hypernetwork paths
+
+
+class EditMethod(Protocol):
+    NAME: str
+    Hparams: type
+    SUPPORTS_BATCH: bool
+    EDITS_WEIGHTS: bool
+
+    def apply(self, model, tokenizer, requests: list[EditRequest], hparams, context: EditContext) -> Update: ...
