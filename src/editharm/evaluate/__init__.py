@@ -1,0 +1,1 @@
+"""Evaluation: editing metrics (editing.py), the scoring engine (engine.py), downstream tasks (tasks/)."""

@@ -1,0 +1,58 @@
+"""The task interface: every downstream benchmark is a Task that turns prepared rows into
+items for the scoring engine and the engine's outputs into metrics.
+
+Two kinds of item, matching the engine's two scoring modes:
+  ChoiceItem      log-likelihood of each choice after a shared context (the context is
+                  encoded once for all choices)
+  GenerationItem  greedy generation until a stop sequence or max_new_tokens
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+
+@dataclass(frozen=True)
+class ChoiceItem:
+    id: str
+    context: str
+    choices: tuple[str, ...]
+    gold: Any  # index of the right choice, or task-specific (e.g. MC2: set of true indices)
+
+
+@dataclass(frozen=True)
+class GenerationItem:
+    id: str
+    prompt: str
+    references: Any  # gold answer(s) in whatever form the task's metric reads
+    stop: tuple[str, ...] = ("\n",)
+    max_new_tokens: int = 32
+
+
+@dataclass
+class ChoiceOutput:
+    logprobs: list[float]          # summed log-probability of each choice's tokens
+    token_counts: list[int]        # number of tokens of each choice
+    char_counts: list[int] = field(default_factory=list)
+    is_greedy: list[bool] = field(default_factory=list)  # choice is the argmax continuation
+
+
+class Task(ABC):
+    """A downstream benchmark. Subclasses set the class attributes and implement two methods."""
+
+    NAME: ClassVar[str]
+    SUITES: ClassVar[tuple[str, ...]]       # e.g. ("gu2024",), ("li2024",), ("offline",)
+    DATASET: ClassVar[str]                  # dataset name in config `datasets` holding the items
+    SHOTS_DATASET: ClassVar[str | None] = None  # dataset holding few-shot examples, if any
+    KIND: ClassVar[str]                     # "choice" or "generation"
+    METRICS: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def items(self, rows: Sequence[dict], shots: Sequence[dict] | None = None) -> list[ChoiceItem | GenerationItem]:
+        """Build the scored items from prepared rows (already sampled to the configured size)."""
+
+    @abstractmethod
+    def score(self, items: Sequence[ChoiceItem | GenerationItem], outputs: Sequence[ChoiceOutput | str]) -> dict[str, float]:
+        """Metric name -> value over all items (outputs are aligned with items)."""
