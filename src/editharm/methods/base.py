@@ -9,6 +9,18 @@ A method is a module that defines
     apply(model, tokenizer, requests, hparams, context) -> WeightUpdate | StateUpdate
     stats_layers(hparams, facts) -> list[int]   # optional: layers needing covariance
 
+Optional, for methods that need them:
+
+    TRAINED = True and train(model, tokenizer, requests, hparams, out_dir, seed) -> dict
+        a training step (MEND's hypernetwork, SERAC's classifier and counterfactual
+        model) run once per (model, method, training dataset) by its own DAG rule; it
+        writes its artifacts into out_dir and returns a summary (loss curve, seconds).
+        At edit and scoring time context.artifacts["trained_dir"] is that folder.
+    attach(model, tokenizer, state, hparams, context) -> model
+        for state-based methods (GRACE, SERAC): return a model whose forward uses the
+        method state (codebook, memory); scoring and metrics call it after loading a
+        checkpoint. Weight-editing methods do not need it.
+
 Nothing else in the pipeline knows about a particular method.
 """
 
