@@ -1,0 +1,88 @@
+# Sequential editing as a chain of segment jobs: 0 -> 1 -> 10 -> 100 -> 1000.
+# Each segment reads the previous checkpoint; a method's code and hyperparameter file are
+# inputs, so changing them reruns that method's segments and what depends on them only.
+
+
+def _chain_checkpoints(w):
+    return [c for c in CFG["checkpoints"]]
+
+
+def stats_inputs(model, method):
+    hp = method_hparams(model, method)
+    layers = getattr(method_module(method), "stats_layers", lambda h, f: [])(hp, None)
+    return {int(layer): P.layer_stats(model, COV["corpus"], COV["tokens"], layer) for layer in layers}
+
+
+def trained_input(model, method):
+    spec = CFG["methods"][method]
+    if getattr(method_module(method), "TRAINED", False):
+        return P.trained(model, method, spec["training_dataset"])
+    return None
+
+
+def edit_segment_inputs(w):
+    n_prev = previous_checkpoint(CFG["checkpoints"], int(w.n))
+    inputs = {
+        "model": P.model_manifest(w.model),
+        "editset": P.editset(w.dataset, w.seed),
+        "hparams": hparams_path(CFG, w.model, w.method),
+        "method_code": method_module(w.method).__file__,
+        "stats": list(stats_inputs(w.model, w.method).values()),
+    }
+    if n_prev > 0:
+        inputs["prev_tensors"] = P.checkpoint(w.model, w.dataset, w.method, w.reg, w.seed, n_prev)
+        inputs["prev_meta"] = P.checkpoint_meta(w.model, w.dataset, w.method, w.reg, w.seed, n_prev)
+    trained = trained_input(w.model, w.method)
+    if trained:
+        inputs["trained"] = trained
+    return inputs
+
+
+rule train_method:
+    # MEND's hypernetwork, SERAC's classifier: trained once per (model, method, training data).
+    input:
+        model=P.model_manifest(),
+        data=P.prepared("{dataset}"),
+        hparams=lambda w: hparams_path(CFG, w.model, w.method),
+        method_code=lambda w: method_module(w.method).__file__,
+    output:
+        P.trained(),
+    params:
+        module=lambda w: CFG["methods"][w.method].get("module"),
+        seed=CFG["seeds"][0],
+    threads: THREADS
+    resources:
+        mem_mb=16000,
+        runtime=240,
+        gpu=1,
+    log:
+        f"{R}/logs/train_method/{{model}}_{{method}}_{{dataset}}.log",
+    benchmark:
+        benchmark("train_method", "{model}_{method}_{dataset}")
+    script:
+        "../workflow_scripts/train_method.py"
+
+
+rule edit_segment:
+    input:
+        unpack(edit_segment_inputs),
+    output:
+        tensors=P.checkpoint(),
+        meta=P.checkpoint_meta(),
+        log=P.edit_log(),
+    params:
+        n_prev=lambda w: previous_checkpoint(CFG["checkpoints"], int(w.n)),
+        module=lambda w: CFG["methods"][w.method].get("module"),
+        batch_size=lambda w: CFG["methods"][w.method].get("batch_size", 1),
+        stats=lambda w: stats_inputs(w.model, w.method),
+    threads: THREADS
+    resources:
+        mem_mb=16000,
+        runtime=720,
+        gpu=1,
+    log:
+        f"{R}/logs/edit_segment/{{model}}_{{dataset}}_{{method}}_{{reg}}_seed{{seed}}_n{{n}}.log",
+    benchmark:
+        benchmark("edit_segment", "{model}_{dataset}_{method}_{reg}_seed{seed}_n{n}")
+    script:
+        "../workflow_scripts/edit_segment.py"

@@ -1,0 +1,169 @@
+"""Workflow configuration: schema validation with readable errors, defaults, and checks
+that need the library (known methods, regularisers, tasks, hyperparameter files).
+
+`validate_config(config, source)` runs in the Snakefile before the DAG is built, so a
+bad config fails before any compute, naming the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.json"
+
+DEFAULTS: dict[str, Any] = {
+    "mirror_dir": None,
+    "threads": 2,
+    "task_seed": 1234,
+    "editing_metrics": {"batch_size": 32},
+    "weight_stats": {
+        "thresholds": [0.01, 0.05, 0.077, 0.1, 0.171, 0.5, 1.0],
+        "quantiles": [0.5, 0.8, 0.9, 0.99],
+        "heatmap_size": [64, 64],
+    },
+}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says where, what and how to fix it."""
+
+
+def load_schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def _where(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _explain(error: jsonschema.ValidationError) -> str:
+    key = _where(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"key {key}: unknown key(s) {', '.join(map(repr, extra))}{hint}"
+    if error.validator == "required":
+        return f"key {key}: {error.message}"
+    if error.validator == "enum":
+        return f"key {key}: value {error.instance!r} is not allowed; allowed: {', '.join(map(repr, error.validator_value))}"
+    if error.validator == "pattern":
+        return f"key {key}: value {error.instance!r} does not match the pattern {error.validator_value!r}"
+    if error.validator == "type":
+        return f"key {key}: value {error.instance!r} should be of type {error.validator_value}"
+    desc = schema.get("description")
+    return f"key {key}: value {error.instance!r} is invalid: {error.message}" + (f" ({desc})" if desc else "")
+
+
+def with_defaults(config: dict) -> dict:
+    merged = copy.deepcopy(config)
+    for key, value in DEFAULTS.items():
+        if isinstance(value, dict):
+            merged[key] = {**value, **(merged.get(key) or {})}
+        else:
+            merged.setdefault(key, value)
+    return merged
+
+
+def validate_config(config: dict, source: str = "config") -> dict:
+    """Validate against the schema and the library; return the config with defaults filled in."""
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = "\n  - ".join(_explain(e) for e in errors[:10])
+        raise ConfigError(f"{source}: the configuration does not match schemas/config.schema.json:\n  - {lines}")
+    config = with_defaults(config)
+    problems = _semantic_problems(config)
+    if problems:
+        raise ConfigError(f"{source}: invalid configuration:\n  - " + "\n  - ".join(problems))
+    return config
+
+
+def _semantic_problems(config: dict) -> list[str]:
+    from editharm.methods import UnknownMethodError, load_method
+    from editharm.regularize import parse_regulariser
+
+    problems: list[str] = []
+    cps = config["checkpoints"]
+    if cps != sorted(cps):
+        problems.append(f"key checkpoints: {cps} must be increasing, e.g. {sorted(cps)}")
+    if config["covariance"]["corpus"] not in config["datasets"]:
+        problems.append(f"key covariance.corpus: {config['covariance']['corpus']!r} is not a dataset in `datasets` "
+                        f"(defined: {', '.join(config['datasets'])})")
+    for name, spec in config["methods"].items():
+        try:
+            module = load_method(name, spec.get("module"))
+        except UnknownMethodError as e:
+            problems.append(f"key methods.{name}: {e}")
+            continue
+        if getattr(module, "TRAINED", False) and spec.get("training_dataset") not in config["datasets"]:
+            problems.append(f"key methods.{name}.training_dataset: {spec.get('training_dataset')!r} must name a dataset "
+                            f"in `datasets` ({name} is trained before editing)")
+        if spec.get("batch_size", 1) > 1 and not module.SUPPORTS_BATCH:
+            problems.append(f"key methods.{name}.batch_size: {spec['batch_size']} > 1 but {name} edits one request at a time; use 1")
+    for exp_name, exp in config["experiments"].items():
+        where = f"experiments.{exp_name}"
+        for kind, defined in (("models", config["models"]), ("datasets", config["datasets"]), ("methods", config["methods"])):
+            for item in exp[kind]:
+                if item not in defined:
+                    problems.append(f"key {where}.{kind}: {item!r} is not defined under `{kind}` (defined: {', '.join(defined)})")
+        if exp["max_edits"] > max(cps):
+            problems.append(f"key {where}.max_edits: {exp['max_edits']} exceeds the largest checkpoint {max(cps)}")
+        elif exp["max_edits"] not in cps:
+            problems.append(f"key {where}.max_edits: {exp['max_edits']} must be one of checkpoints {cps}")
+        for reg in exp["regularisers"]:
+            try:
+                parse_regulariser(reg)
+            except ValueError as e:
+                problems.append(f"key {where}.regularisers: {e}")
+                continue
+            if reg == "none":
+                continue
+            for method in exp["methods"]:
+                if method not in config["methods"]:
+                    continue
+                try:
+                    module = load_method(method, config["methods"][method].get("module"))
+                except UnknownMethodError:
+                    continue
+                if not module.EDITS_WEIGHTS:
+                    problems.append(
+                        f"key {where}.regularisers: {reg!r} cannot apply to method {method!r}: its edit is a state change "
+                        "(codebook/memory), not a weight update, so there is nothing to regularise; use 'none' for it "
+                        "in a separate experiment"
+                    )
+        for model in exp["models"]:
+            if model not in config["models"]:
+                continue
+            for method in exp["methods"]:
+                if method in config["methods"]:
+                    path = hparams_path(config, model, method)
+                    if not Path(path).exists():
+                        problems.append(f"key {where}: hyperparameter file {path} for method {method!r} on model {model!r} "
+                                        "does not exist; add it or set models.<model>.hparams.<method>")
+    from editharm.evaluate.tasks import get_task
+
+    for task_name in config["tasks"]:
+        try:
+            task = get_task(task_name)
+        except ValueError as e:
+            problems.append(f"key tasks.{task_name}: {e}")
+            continue
+        for ds in filter(None, (task.DATASET, task.SHOTS_DATASET)):
+            if ds not in config["datasets"]:
+                problems.append(f"key tasks.{task_name}: the task reads dataset {ds!r}, which is not defined under `datasets`")
+    return problems
+
+
+def hparams_path(config: dict, model: str, method: str) -> str:
+    override = config["models"][model].get("hparams", {}).get(method)
+    if override:
+        return override
+    family = config["models"][model]["family"]
+    return str(Path(config["methods"][method]["hparams_dir"]) / f"{family}.yaml")

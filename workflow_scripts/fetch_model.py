@@ -1,0 +1,5 @@
+from _common import setup
+setup(snakemake)
+from editharm.jobs import fetch_model
+
+fetch_model(snakemake.params.source, snakemake.output[0])
