@@ -294,7 +294,7 @@ def render_notebook(template: str, out_notebook: str, out_html: str, parameters:
 
     Path(parameters["out_dir"]).mkdir(parents=True, exist_ok=True)
     with atomic_path(out_notebook) as tmp:
-        papermill.execute_notebook(template, str(tmp), parameters=parameters, kernel_name="python3", progress_bar=False,
-                                   cwd=str(Path(out_notebook).parent))
+        papermill.execute_notebook(template, str(tmp), parameters=parameters, kernel_name="python3",
+                                   progress_bar=False)
         html, _ = HTMLExporter().from_notebook_node(nbformat.read(str(tmp), as_version=4))
     write_text(out_html, html)
