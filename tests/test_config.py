@@ -1,0 +1,73 @@
+"""A config that breaks the schema or names unknown things fails before any compute,
+naming the key, the bad value and what is allowed."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from editharm.config import ConfigError, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def ci_config(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    return yaml.safe_load((ROOT / "configs" / "ci.yaml").read_text())
+
+
+def test_shipped_configs_are_valid(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    for name in ("config.yaml", "configs/ci.yaml"):
+        validate_config(yaml.safe_load((ROOT / name).read_text()), name)
+
+
+def test_bad_regulariser_value_names_key_and_allowed_forms(ci_config):
+    ci_config["experiments"]["regularisers"]["regularisers"] = ["none", "rect40"]
+    with pytest.raises(ConfigError) as err:
+        validate_config(ci_config, "ci.yaml")
+    msg = str(err.value)
+    assert "ci.yaml" in msg and "experiments.regularisers.regularisers" in msg and "'rect40'" in msg
+
+
+def test_unknown_key_lists_allowed_keys(ci_config):
+    ci_config["checkpionts"] = [1, 3]
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) 'checkpionts'.*allowed keys: .*checkpoints"):
+        validate_config(ci_config, "ci.yaml")
+
+
+def test_wrong_enum_value_lists_allowed_values(ci_config):
+    ci_config["models"]["tiny-llama"]["family"] = "bert"
+    with pytest.raises(ConfigError, match=r"models.tiny-llama.family: value 'bert' is not allowed; allowed: 'llama', 'gpt2', 'gpt_neox'"):
+        validate_config(ci_config, "ci.yaml")
+
+
+def test_unknown_method_lists_known_methods(ci_config):
+    ci_config["methods"]["romee"] = {"hparams_dir": "configs/methods/rome"}
+    with pytest.raises(ConfigError, match=r"unknown editing method 'romee'. Known methods: .*rome"):
+        validate_config(ci_config, "ci.yaml")
+
+
+def test_experiment_must_reference_defined_names(ci_config):
+    ci_config["experiments"]["regularisers"]["datasets"] = ["counterfact"]
+    with pytest.raises(ConfigError, match=r"experiments.regularisers.datasets: 'counterfact' is not defined under `datasets`"):
+        validate_config(ci_config, "ci.yaml")
+
+
+def test_checkpoints_must_increase_and_max_edits_be_one(ci_config):
+    bad = copy.deepcopy(ci_config)
+    bad["checkpoints"] = [3, 1]
+    with pytest.raises(ConfigError, match="must be increasing"):
+        validate_config(bad, "ci.yaml")
+    bad = copy.deepcopy(ci_config)
+    bad["experiments"]["regularisers"]["max_edits"] = 2
+    with pytest.raises(ConfigError, match="must be one of checkpoints"):
+        validate_config(bad, "ci.yaml")
+
+
+def test_bad_sha256_is_rejected_by_the_schema(ci_config):
+    ci_config["datasets"]["sst2"]["files"]["dev.tsv"]["sha256"] = "abc"
+    with pytest.raises(ConfigError, match=r"datasets.sst2.files.dev.tsv.sha256: value 'abc' does not match"):
+        validate_config(ci_config, "ci.yaml")
