@@ -75,7 +75,7 @@ _TEMPLATES: dict[str, dict[str, Any]] = {
     "gpt_neox": dict(
         layer="gpt_neox.layers.{}", mlp="gpt_neox.layers.{}.mlp", mlp_down="gpt_neox.layers.{}.mlp.dense_4h_to_h",
         mlp_up="gpt_neox.layers.{}.mlp.dense_h_to_4h", attn_out="gpt_neox.layers.{}.attention.dense",
-        embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm", lm_head="embed_out", transposed=False,
+        embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm", lm_head="lm_head", transposed=False,
     ),
 }
 

