@@ -1,0 +1,115 @@
+"""KN: integrated gradients find a neuron built to drive the answer; the edit touches only chosen neurons."""
+
+import pytest
+import torch
+
+from editharm.methods import kn
+from editharm.methods.base import EditContext
+from editharm.methods.ft import split_prompt_target
+from editharm.models import facts_for, random_model
+from editharm.requests import EditRequest
+
+REQUEST = EditRequest(case_id="0", subject="Paris", prompt="{} is the capital of", target_new="Rome",
+                      target_true="France", paraphrases=("The city of Paris is the capital of",))
+LAYER, NEURON = 1, 7
+
+
+def _tiny(family):
+    model, tok = random_model(family, seed=0, hidden=32, layers=2, heads=2)
+    return model, tok, EditContext(facts=facts_for(model), covariance=lambda layer: None)
+
+
+@torch.no_grad()
+def _plant_neuron(model, tok, facts, prompt, token):
+    """Make neuron NEURON of layer LAYER fire on the prompt's last token and write `token`'s unembedding."""
+    mlp_in = {}
+    hook = model.get_submodule(facts.mlp_up.format(LAYER)).register_forward_pre_hook(
+        lambda mod, args: mlp_in.__setitem__("x", args[0][0, -1].clone()))
+    model(input_ids=torch.tensor([tok(prompt)["input_ids"]]))
+    hook.remove()
+    x = mlp_in["x"] / mlp_in["x"].norm()
+    direction = model.get_output_embeddings().weight[token] / model.get_output_embeddings().weight[token].norm()
+    up = model.get_submodule(facts.mlp_up.format(LAYER))
+    down = model.get_submodule(facts.mlp_down.format(LAYER))
+    if facts.family == "llama":
+        model.get_submodule(f"model.layers.{LAYER}.mlp.gate_proj").weight[NEURON] = 3.0 * x
+        up.weight[NEURON] = 3.0 * x                       # activation silu(3|x|)*3|x|, about 9 * |x|
+        down.weight[:, NEURON] = 2.0 * direction
+    else:                                                 # GPT-2 Conv1D: weights stored [in, out]
+        up.weight[:, NEURON] = 3.0 * x
+        up.bias[NEURON] = 0.0
+        down.weight[NEURON, :] = 2.0 * direction
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_planted_neuron_has_the_top_attribution(family):
+    model, tok, ctx = _tiny(family)
+    prompt = REQUEST.filled_prompt
+    prompt_ids, answer_ids = split_prompt_target(tok, prompt, REQUEST.target_true)
+    _plant_neuron(model, tok, ctx.facts, prompt, answer_ids[0])
+    scores = kn.attribution_scores(model, tok, prompt, answer_ids[:1], prompt_ids, ctx.facts, [0, 1], steps=8, batch_size=5)
+    assert scores.shape == (2, ctx.facts.intermediate_size)
+    assert divmod(int(scores.argmax()), scores.shape[1]) == (LAYER, NEURON)
+    assert kn.coarse_neurons(scores, [0, 1], 0.9) == [(LAYER, NEURON)]
+
+
+def test_integrated_gradients_match_full_recomputation():
+    """The KV-cached one-token rows give the same integral as patching full-sequence forward passes."""
+    model, tok, ctx = _tiny("llama")
+    ids = torch.tensor([tok(REQUEST.filled_prompt)["input_ids"]])
+    target, layer, steps = 70, 1, 4
+    fast = kn._integrated_gradients(model, ctx.facts, [layer], ids, target, steps, batch_size=3)[0]
+    acts = {}
+    down = model.get_submodule(ctx.facts.mlp_down.format(layer))
+    hook = down.register_forward_pre_hook(lambda mod, args: acts.__setitem__("w", args[0][0, -1].detach().clone()))
+    with torch.no_grad():
+        model(input_ids=ids)
+    hook.remove()
+    total = torch.zeros_like(acts["w"])
+    for k in range(1, steps + 1):
+        point = (k / steps * acts["w"]).requires_grad_(True)
+        hook = down.register_forward_pre_hook(lambda mod, args: (torch.cat([args[0][:, :-1], point[None, None]], 1),))
+        prob = model(input_ids=ids).logits[0, -1].softmax(-1)[target]
+        hook.remove()
+        total += torch.autograd.grad(prob, point)[0]
+    torch.testing.assert_close(fast, acts["w"] * total / steps, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_edit_changes_only_the_selected_neurons(family):
+    model, tok, ctx = _tiny(family)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hp = kn.Hparams(steps=4, batch_size=8, adaptive_threshold=0.3, lambda_1=1.0, lambda_2=8.0,
+                    use_paraphrases=True, refine=True, p=0.5)
+    update = kn.apply(model, tok, [REQUEST], hp, ctx)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # apply leaves the model alone
+
+    neurons = {tuple(n) for n in update.info["neurons"]}
+    assert neurons, "no knowledge neurons were selected"
+    assert set(update.deltas) == {ctx.facts.down_weight_name(layer) for layer, _ in neurons}
+    emb = model.get_input_embeddings().weight
+    e_old = emb[split_prompt_target(tok, REQUEST.filled_prompt, REQUEST.target_true)[1]].mean(0)
+    e_new = emb[split_prompt_target(tok, REQUEST.filled_prompt, REQUEST.target_new)[1]].mean(0)
+    for layer in {layer for layer, _ in neurons}:
+        name = ctx.facts.down_weight_name(layer)
+        delta = ctx.facts.linear_weight(update.deltas[name])                       # [out, in]
+        chosen = sorted(i for lj, i in neurons if lj == layer)
+        changed = torch.nonzero(delta.abs().sum(0)).flatten().tolist()
+        assert changed == chosen
+        torch.testing.assert_close(delta[:, chosen], (-1.0 * e_old + 8.0 * e_new)[:, None].expand(-1, len(chosen)))
+        # adding the update changes those columns and leaves every other element bit-identical
+        weight = model.get_parameter(name).detach()
+        edited = ctx.facts.linear_weight(weight + update.deltas[name])
+        untouched = [i for i in range(delta.shape[1]) if i not in chosen]
+        assert torch.equal(edited[:, untouched], ctx.facts.linear_weight(weight)[:, untouched])
+
+
+def test_refinement_and_scaling():
+    per_prompt = [[(0, 1), (1, 2)], [(1, 2), (0, 3)], [(1, 2), (0, 1)]]
+    assert kn.refine_neurons(per_prompt, p=0.6, refine=True) == [(0, 1), (1, 2)]
+    assert kn.refine_neurons(per_prompt, p=0.6, refine=False) == [(0, 1), (0, 3), (1, 2)]
+    values = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+    e_old, e_new = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 0.5])
+    scaled = kn.neuron_update(values, e_old, e_new, 1.0, 2.0, scale_to_value_norm=True)
+    # each term rescaled to the value vector's norm (5 and 1) before lambda applies
+    torch.testing.assert_close(scaled, torch.tensor([[-5.0, 10.0], [-1.0, 2.0]]))
