@@ -1,0 +1,604 @@
+"""The target-value optimisation shared by ROME, MEMIT and PMET, and the prompts it runs on.
+
+ROME (Meng et al. 2022, eq. 4) finds the value v* that makes the model say the new
+object: a vector delta is added to an output at the subject's last token of several
+context-prefixed prompts and optimised with Adam against
+
+    NLL(target_new | prompt)  averaged over context templates
+  + kl_factor * KL(edited || original) on "{subject} is a" at the subject's last token
+  + weight_decay * ||delta|| / ||v||^2,
+
+with ||delta|| clamped to clamp_norm_factor * ||v|| and an early stop once the loss is
+below 5e-2. MEMIT optimises the residual stream of its last edited layer the same
+way, PMET the attention and MLP outputs together. `ValueProblem` holds one batch of
+requests, so MEMIT optimises all of its z vectors in one batched pass; each request
+keeps its own loss, early stop and Adam state, so a batch gives the same vectors as
+optimising the requests one after another.
+
+Speed. Everything that does not change between optimisation steps is computed once:
+tokenisation, the unedited activations, and - since attention is causal and delta
+enters at the subject's last token - the attention keys/values of every token before
+that position in every layer. A step then runs only the tokens from the subject's
+last token onward, only through the layers above the edit, and applies the final
+norm and the unembedding only at the positions the loss reads. `ValueProblem.losses
+(..., naive=True)` computes the same losses with full forward passes and hooks; the
+tests check that both agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from editharm import nethook
+from editharm.requests import EditRequest
+
+SITES = ("mlp", "residual", "attn")
+KL_PROMPT = "{} is a"
+SEED_WORDS = ("The", "Therefore", "Because", "I", "You")
+
+
+# ------------------------------------------------------------------ prompts and tokens
+
+def fill(template: str, prompt: str, subject: str) -> tuple[str, int, int]:
+    """Put `prompt` into a context template and `subject` into the prompt.
+
+    Returns the text and the subject's character span. Plain replacement rather than
+    str.format, so braces elsewhere in a prompt do no harm.
+    """
+    outer = template.replace("{}", prompt, 1)
+    start = template.index("{}") + prompt.index("{}")
+    text = outer[:start] + subject + outer[start + 2:]
+    return text, start, start + len(subject)
+
+
+def tokenize_at_subject(tokenizer, text: str, start: int, end: int) -> tuple[list[int], int]:
+    """Token ids of `text` and the index of the last token overlapping the subject span."""
+    if end <= start:
+        raise ValueError(f"empty subject in prompt {text!r}")
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+        hits = [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
+        if hits:
+            return ids, hits[-1]
+    else:
+        ids = list(tokenizer(text)["input_ids"])
+    # Slow tokenizers (no offsets): ROME's rule, the length of the text up to the subject's end.
+    return ids, len(tokenizer(text[:end])["input_ids"]) - 1
+
+
+def target_ids(tokenizer, prompt_text: str, target: str) -> list[int]:
+    """Token ids of the answer as the model would read it right after the prompt.
+
+    The answer follows the prompt after one space (ROME prepends " "). Tokenising the
+    whole sentence and removing the prompt's tokens keeps tokenizers that treat a
+    leading space specially (SentencePiece) from adding a stray space token.
+    """
+    answer = target if target.startswith(" ") else " " + target
+    prompt = list(tokenizer(prompt_text)["input_ids"])
+    whole = list(tokenizer(prompt_text + answer)["input_ids"])
+    if len(whole) > len(prompt) and whole[:len(prompt)] == prompt:
+        ids = whole[len(prompt):]
+        if tokenizer.eos_token_id is not None and ids and ids[-1] == tokenizer.eos_token_id and not answer.endswith(tokenizer.eos_token or "\0"):
+            ids = ids[:-1]
+        if ids:
+            return ids
+    ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    if not ids:
+        raise ValueError(f"target {target!r} tokenises to nothing")
+    return ids
+
+
+# ------------------------------------------------------------------ context templates
+
+def generate_context_templates(model, tokenizer, length_params: Sequence[Sequence[int]], seed: int = 0,
+                               seed_words: Sequence[str] = SEED_WORDS, top_k: int = 5) -> list[list[str]]:
+    """ROME's context templates: ["{}"] then, per (length, count), `count` sampled prefixes + ". {}".
+
+    Each prefix is `length` tokens long including its seed word, sampled top-k from the
+    model itself; count/len(seed_words) prefixes start with each seed word (as in
+    EasyEdit/MEMIT, since an instruct model's BOS token starts chat turns, not prose).
+    Seeded, so the same model and seed give the same templates.
+    """
+    device = next(model.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    groups: list[list[str]] = [["{}"]]
+    for length, count in length_params:
+        per_word = max(1, int(count) // len(seed_words))
+        group = []
+        for word in seed_words:
+            ids = torch.tensor([tokenizer(word)["input_ids"]] * per_word, device=device)
+            ids = _sample(model, ids, int(length), gen, top_k)
+            for row in ids.tolist():
+                text = unicodedata.normalize("NFKD", tokenizer.decode(row, skip_special_tokens=True))
+                text = " ".join(text.replace("{", " ").replace("}", " ").split())
+                group.append(text + ". {}")
+        groups.append(group)
+    return groups
+
+
+@torch.no_grad()
+def _sample(model, ids: torch.Tensor, length: int, gen: torch.Generator, top_k: int) -> torch.Tensor:
+    past = None
+    step_ids = ids
+    while ids.shape[1] < length:
+        out = model(input_ids=step_ids, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        probs = torch.softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
+        top = torch.topk(probs, min(top_k, probs.shape[-1]), dim=-1)
+        choice = torch.multinomial(top.values / top.values.sum(-1, keepdim=True), 1, generator=gen)
+        step_ids = top.indices.gather(1, choice).to(ids.device)
+        ids = torch.cat([ids, step_ids], dim=1)
+    return ids
+
+
+def context_templates(model, tokenizer, context, length_params: Sequence[Sequence[int]]) -> list[list[str]]:
+    """The method's context templates, generated once and kept in context.state for later edits."""
+    params = [[int(a), int(b)] for a, b in length_params]
+    state = context.state
+    if state.get("context_templates") is None or state.get("context_template_params") != params:
+        state["context_templates"] = generate_context_templates(model, tokenizer, params, seed=context.seed)
+        state["context_template_params"] = params
+    return state["context_templates"]
+
+
+# ------------------------------------------------------------------ keys
+
+@torch.no_grad()
+def subject_keys(model, tokenizer, facts, requests: Sequence[EditRequest], layers: Sequence[int],
+                 template_groups: Sequence[Sequence[str]], group_mean: bool = False) -> dict[int, torch.Tensor]:
+    """Mean mlp_down input at the subject's last token over the context templates: {layer: [R, d_ff]}.
+
+    group_mean=False averages all templates alike (ROME); True averages within each
+    group of templates first and then over groups (MEMIT's compute_ks).
+    """
+    flat = [(g, t) for g, group in enumerate(template_groups) for t in group]
+    rows, where = [], []
+    for r, req in enumerate(requests):
+        for g, t in flat:
+            text, a, b = fill(t, req.prompt, req.subject)
+            ids, pos = tokenize_at_subject(tokenizer, text, a, b)
+            rows.append(ids[:pos + 1])  # later tokens cannot change this position (causal)
+            where.append((r, g))
+    names = {l: facts.mlp_down.format(l) for l in layers}
+    keys = {l: [] for l in layers}
+    device = next(model.parameters()).device
+    for chunk in range(0, len(rows), 64):
+        batch = rows[chunk:chunk + 64]
+        ids = _pad(batch, 0).to(device)
+        last = torch.tensor([len(r) - 1 for r in batch], device=device)
+        with nethook.capture(model, list(names.values()), inputs=True, outputs=False,
+                             stop_after=names[max(layers)]) as rec:
+            nethook.run_until_stopped(lambda: model(input_ids=ids, use_cache=False))
+        for l, name in names.items():
+            keys[l].append(rec[name].input[torch.arange(len(batch), device=device), last].float())
+    result = {}
+    n_groups = len(template_groups)
+    for l in layers:
+        k = torch.cat(keys[l])  # [R * n_templates, d_ff]
+        out = torch.zeros(len(requests), k.shape[1], dtype=k.dtype, device=k.device)
+        if group_mean:
+            for i, (r, g) in enumerate(where):
+                out[r] += k[i] / (len(template_groups[g]) * n_groups)
+        else:
+            for i, (r, _) in enumerate(where):
+                out[r] += k[i] / len(flat)
+        result[l] = out
+    return result
+
+
+def _buckets(lengths: Sequence[int], slack: float = 1.15, max_rows: int = 64) -> list[list[int]]:
+    """Row indices grouped by length so that padding adds at most ~15% work per group."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    total = 0
+    for i in order:
+        g = groups[-1] if groups else None
+        if g and len(g) < max_rows and (len(g) + 1) * lengths[g[0]] <= slack * (total + lengths[i]):
+            g.append(i)
+            total += lengths[i]
+        else:
+            groups.append([i])
+            total = lengths[i]
+    return groups
+
+
+def _pad(rows: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
+    out = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+# ------------------------------------------------------------------ the optimisation problem
+
+@dataclass(frozen=True)
+class ValueSettings:
+    """Optimiser settings (the v_* hyperparameters of ROME/MEMIT/PMET)."""
+
+    num_steps: int
+    lr: float
+    weight_decay: float
+    clamp_norm_factor: float
+    kl_factor: float
+    stop_loss: float = 5e-2
+    nll_factor: float = 1.0
+    # PMET: once every target token is already the argmax, shrink the NLL weight tenfold
+    # and stop when the (weighted) KL term is at most 0.01.
+    relax_when_argmax: bool = False
+
+
+@dataclass
+class LossTerms:
+    """Per-request loss terms at one delta: tensors of shape [R] (only requested rows)."""
+
+    nll: torch.Tensor
+    kl: torch.Tensor
+    argmax_hit: torch.Tensor
+
+
+@dataclass
+class ValueResult:
+    """values[site][r] = references[site][r] + deltas[site][r]: the target vectors (v*, z)."""
+
+    values: dict[str, torch.Tensor]
+    references: dict[str, torch.Tensor]
+    deltas: dict[str, torch.Tensor]
+    steps: list[int]
+    loss: list[float]
+    nll: list[float]
+    kl: list[float]
+    target_prob: list[float]
+    history: list[list[float]] = field(default_factory=list)
+
+
+class _PrefixKV:
+    """Stands in for a transformers Cache: prepends fixed prefix keys/values, stores nothing.
+
+    The attention modules call `update(key, value, layer_idx)` and attend over what it
+    returns, so the suffix tokens see the cached prefix exactly as in a full pass.
+    """
+
+    def __init__(self, keys: dict[int, torch.Tensor], values: dict[int, torch.Tensor]):
+        self.keys, self.values = keys, values
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return (torch.cat([self.keys[layer_idx], key_states], dim=-2),
+                torch.cat([self.values[layer_idx], value_states], dim=-2))
+
+
+@dataclass
+class _Row:
+    request: int
+    ids: list[int]
+    edit: int                 # index of the subject's last token
+    targets: list[int]        # positions whose next-token distribution is scored
+    target_ids: list[int]     # the token expected there; empty for the KL row
+    kl: bool
+
+
+class ValueProblem:
+    """One batch of requests, prepared for optimising deltas at layer `layer`.
+
+    `sites` says where a delta is added at the subject's last token: "mlp" (the MLP
+    output, ROME's v), "residual" (the layer's output, MEMIT's z) or "attn" (the
+    attention output, PMET). Adding to the MLP output and to the layer output is the
+    same computation; they differ in the reference vector that the clamp and the
+    weight decay are relative to. The constructor runs one unedited forward pass.
+    """
+
+    def __init__(self, model, tokenizer, facts, requests: Sequence[EditRequest], layer: int,
+                 templates: Sequence[str], sites: Sequence[str] = ("mlp",), kl_prompt: str = KL_PROMPT):
+        unknown = [s for s in sites if s not in SITES]
+        if unknown or not sites:
+            raise ValueError(f"unknown value site(s) {unknown}; known: {', '.join(SITES)}")
+        if not 0 <= layer < facts.n_layers:
+            raise ValueError(f"layer {layer} out of range for a model with {facts.n_layers} layers")
+        if not templates or templates[0] != "{}":
+            raise ValueError("the first context template must be '{}' (the plain prompt gives the reference value)")
+        self.model, self.tokenizer, self.facts = model, tokenizer, facts
+        self.requests, self.layer, self.sites = list(requests), layer, tuple(sites)
+        self.n_templates = len(templates)
+        self.device = next(model.parameters()).device
+        self.rows = self._build_rows(templates, kl_prompt)
+        self.fast = getattr(model.config, "_attn_implementation", "eager") in ("sdpa", "eager")
+        self._prepare()
+        self._selected: tuple[tuple[int, ...], dict] | None = None
+
+    # -------------------------------------------------------------- rows
+
+    def _build_rows(self, templates: Sequence[str], kl_prompt: str) -> list[_Row]:
+        rows = []
+        for r, req in enumerate(self.requests):
+            plain, a, b = fill("{}", req.prompt, req.subject)
+            answer = target_ids(self.tokenizer, plain, req.target_new)
+            for t in templates:
+                text, a, b = fill(t, req.prompt, req.subject)
+                ids, edit = tokenize_at_subject(self.tokenizer, text, a, b)
+                n = len(ids)
+                rows.append(_Row(r, ids + answer[:-1], edit, list(range(n - 1, n - 1 + len(answer))), answer, False))
+            text, a, b = fill(kl_prompt, "{}", req.subject)
+            ids, edit = tokenize_at_subject(self.tokenizer, text, a, b)
+            rows.append(_Row(r, ids[:edit + 1], edit, [edit], [], True))
+        return rows
+
+    # -------------------------------------------------------------- the unedited pass
+
+    def _site_module(self, site: str) -> str:
+        f = self.facts
+        return {"mlp": f.mlp_down, "attn": f.attn_out, "residual": f.layer}[site].format(self.layer)
+
+    @torch.no_grad()
+    def _prepare(self) -> None:
+        f, rows, layer = self.facts, self.rows, self.layer
+        B, dev = len(rows), self.device
+        edit = torch.tensor([r.edit for r in rows], device=dev)
+        lengths = torch.tensor([len(r.ids) for r in rows], device=dev)
+        self.start = layer if "attn" in self.sites else layer + 1
+        layer_name, key_name = f.layer.format(layer), f.mlp_down.format(layer)
+        names = sorted({self._site_module(s) for s in self.sites} | {layer_name, key_name})
+        site_out = {s: torch.empty(B, f.hidden_size, device=dev) for s in self.sites}
+        keys = torch.empty(B, f.intermediate_size, device=dev)
+        final = torch.empty(B, f.hidden_size, device=dev)
+        S = int((lengths - edit).max())
+        P = int(edit.max())
+        if self.fast:
+            self.hidden = None
+            kv = {}
+        # Rows of similar length share a forward pass, so little time goes into padding.
+        for bucket in _buckets([len(r.ids) for r in rows]):
+            idx = torch.tensor(bucket, device=dev)
+            ids = _pad([rows[i].ids for i in bucket], 0).to(dev)
+            e = edit[idx]
+            ar = torch.arange(len(bucket), device=dev)
+            with nethook.capture(self.model, names, inputs=True, outputs=True) as rec:
+                out = self.model.base_model(input_ids=ids, use_cache=self.fast)
+            for s_ in self.sites:
+                site_out[s_][idx] = rec[self._site_module(s_)].output[ar, e].float()
+            keys[idx] = rec[key_name].input[ar, e].float()
+            final[idx] = out.last_hidden_state[ar, e].float()  # final norm already applied
+            if not self.fast:
+                continue
+            # Hidden states entering the first rerun layer, from the subject's last token on; pads repeat the last token.
+            entering = rec[layer_name].input if self.start == layer else rec[layer_name].output
+            j = torch.arange(S, device=dev)
+            src = torch.minimum(e[:, None] + j[None, :], lengths[idx][:, None] - 1)
+            h = entering[ar[:, None], src]
+            if self.hidden is None:
+                self.hidden = h.new_zeros(B, S, h.shape[-1])
+            self.hidden[idx] = h
+            cache = out.past_key_values
+            width = min(P, ids.shape[1])
+            for l in range(self.start, f.n_layers):
+                k, v = cache.layers[l].keys, cache.layers[l].values
+                if l not in kv:
+                    kv[l] = (k.new_zeros(B, k.shape[1], P, k.shape[3]), v.new_zeros(B, v.shape[1], P, v.shape[3]))
+                kv[l][0][idx, :, :width] = k[:, :, :width]
+                kv[l][1][idx, :, :width] = v[:, :, :width]
+            del out, cache
+        # The first row of each request is its plain prompt (template "{}"): it gives the reference values.
+        plain = torch.tensor([i for i, r in enumerate(rows) if i == 0 or rows[i - 1].request != r.request], device=dev)
+        self.references = {s: site_out[s][plain] for s in self.sites}
+        nll_rows = [i for i, r in enumerate(rows) if not r.kl]
+        req_of = torch.tensor([rows[i].request for i in nll_rows], device=dev)
+        self.keys = torch.zeros(len(self.requests), f.intermediate_size, device=dev).index_add(
+            0, req_of, keys[nll_rows]) / self.n_templates
+        kl_rows = torch.tensor([i for i, r in enumerate(rows) if r.kl], device=dev)
+        self.kl_init = torch.log_softmax(self._unembed(final[kl_rows], normed=True), dim=-1)
+        if not self.fast:
+            return
+        self.positions = edit[:, None] + torch.arange(S, device=dev)[None, :]
+        self.prefix_k = {l: kv[l][0] for l in kv}
+        self.prefix_v = {l: kv[l][1] for l in kv}
+        dtype = self.hidden.dtype
+        # Additive mask [B, 1, S, P + S]: a suffix token sees the row's prefix (< edit) and earlier suffix tokens.
+        see_prefix = (torch.arange(P, device=dev)[None, :] < edit[:, None])[:, None, :].expand(B, S, P)
+        causal = torch.ones(S, S, dtype=torch.bool, device=dev).tril()[None].expand(B, S, S)
+        allowed = torch.cat([see_prefix, causal], dim=-1)
+        self.mask = torch.zeros(B, 1, S, P + S, dtype=dtype, device=dev).masked_fill(
+            ~allowed[:, None], torch.finfo(dtype).min)
+        rotary = getattr(self.model.base_model, "rotary_emb", None)
+        self.rope = rotary(self.hidden, self.positions) if rotary is not None else None
+
+    def _unembed(self, h: torch.Tensor, normed: bool = False) -> torch.Tensor:
+        if not normed:
+            h = self.model.get_submodule(self.facts.final_norm)(h)
+        # get_output_embeddings() rather than facts.lm_head: the head's attribute name moved
+        # between transformers versions for GPT-NeoX (embed_out -> lm_head).
+        return self.model.get_output_embeddings()(h).float()
+
+    # -------------------------------------------------------------- losses
+
+    def _entries(self, row_ids: Sequence[int]):
+        """Flat (row, position, token, is_kl) lists for the given rows, in row order."""
+        e_row, e_pos, e_tok = [], [], []
+        for k, i in enumerate(row_ids):
+            r = self.rows[i]
+            if r.kl:
+                e_row.append(k), e_pos.append(r.edit), e_tok.append(-1)
+            else:
+                for p, t in zip(r.targets, r.target_ids):
+                    e_row.append(k), e_pos.append(p), e_tok.append(t)
+        dev = self.device
+        return torch.tensor(e_row, device=dev), torch.tensor(e_pos, device=dev), torch.tensor(e_tok, device=dev)
+
+    def _terms(self, logits: torch.Tensor, row_ids: Sequence[int], req_ids: Sequence[int]) -> LossTerms:
+        e_row, _, e_tok = self._entries(row_ids)
+        logp = torch.log_softmax(logits, dim=-1)
+        req_index = {r: k for k, r in enumerate(req_ids)}
+        rows = [self.rows[i] for i in row_ids]
+        row_req = torch.tensor([req_index[r.request] for r in rows], device=self.device)
+        R = len(req_ids)
+        is_nll = e_tok >= 0
+        tok_lp = logp[is_nll].gather(1, e_tok[is_nll][:, None]).squeeze(1)
+        n_target = torch.tensor([len(self.rows[i].target_ids) or 1 for i in row_ids], device=self.device, dtype=logp.dtype)
+        per_row = torch.zeros(len(rows), dtype=logp.dtype, device=self.device).index_add(0, e_row[is_nll], -tok_lp)
+        per_row = per_row / n_target
+        nll_rows = torch.tensor([not r.kl for r in rows], device=self.device)
+        nll = torch.zeros(R, dtype=logp.dtype, device=self.device).index_add(0, row_req[nll_rows], per_row[nll_rows]) / self.n_templates
+        kl_lp = logp[~is_nll]
+        kl_req = row_req[e_row[~is_nll]]
+        init = self.kl_init[torch.tensor([req_ids[k] for k in kl_req.tolist()], device=self.device)]
+        kl = torch.zeros(R, dtype=logp.dtype, device=self.device).index_add(
+            0, kl_req, (kl_lp.exp() * (kl_lp - init)).sum(-1))
+        hit_tok = (logp[is_nll].argmax(-1) == e_tok[is_nll]).float()
+        misses = torch.zeros(R, device=self.device).index_add(0, row_req[e_row[is_nll]], 1 - hit_tok)
+        return LossTerms(nll=nll, kl=kl, argmax_hit=misses == 0)
+
+    def losses(self, deltas: dict[str, torch.Tensor], req_ids: Sequence[int] | None = None, naive: bool = False) -> LossTerms:
+        """Loss terms of the requests `req_ids` (default all) with deltas[site][k] for the k-th of them."""
+        req_ids = list(range(len(self.requests))) if req_ids is None else list(req_ids)
+        missing = [s for s in self.sites if s not in deltas]
+        if missing:
+            raise ValueError(f"deltas missing for site(s) {missing}")
+        row_ids = [i for i, r in enumerate(self.rows) if r.request in set(req_ids)]
+        if naive or not self.fast:
+            logits = self._logits_naive(deltas, row_ids, req_ids)
+        else:
+            logits = self._logits_fast(deltas, row_ids, req_ids)
+        return self._terms(logits, row_ids, req_ids)
+
+    def _row_deltas(self, deltas, row_ids, req_ids) -> dict[str, torch.Tensor]:
+        index = {r: k for k, r in enumerate(req_ids)}
+        sel = torch.tensor([index[self.rows[i].request] for i in row_ids], device=self.device)
+        return {s: deltas[s][sel] for s in self.sites}
+
+    def _logits_naive(self, deltas, row_ids, req_ids) -> torch.Tensor:
+        rows = [self.rows[i] for i in row_ids]
+        ids = _pad([r.ids for r in rows], 0).to(self.device)
+        edit = [r.edit for r in rows]
+        row_d = self._row_deltas(deltas, row_ids, req_ids)
+        with torch.enable_grad(), contextlib.ExitStack() as stack:
+            for s in self.sites:
+                stack.enter_context(nethook.add_to_output(self.model, self._site_module(s), row_d[s], range(len(rows)), edit))
+            hidden = self.model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+            e_row, e_pos, _ = self._entries(row_ids)
+            return self._unembed(hidden[e_row, e_pos], normed=True)
+
+    def _select(self, row_ids: Sequence[int]) -> dict:
+        key = tuple(row_ids)
+        if self._selected is not None and self._selected[0] == key:
+            return self._selected[1]
+        idx = torch.tensor(row_ids, device=self.device)
+        full = len(row_ids) == len(self.rows)
+        pick = (lambda t: t) if full else (lambda t: t.index_select(0, idx))
+        sel = dict(
+            hidden=pick(self.hidden), positions=pick(self.positions), mask=pick(self.mask),
+            k={l: pick(v) for l, v in self.prefix_k.items()}, v={l: pick(v) for l, v in self.prefix_v.items()},
+            rope=None if self.rope is None else tuple(pick(t) for t in self.rope),
+        )
+        self._selected = (key, sel)
+        return sel
+
+    def _logits_fast(self, deltas, row_ids, req_ids) -> torch.Tensor:
+        sel = self._select(row_ids)
+        row_d = self._row_deltas(deltas, row_ids, req_ids)
+        out_delta = sum(row_d[s] for s in self.sites if s != "attn")
+        h = sel["hidden"]
+        if self.start == self.layer + 1:
+            h = torch.cat([h[:, :1] + out_delta[:, None], h[:, 1:]], dim=1)
+        cache = _PrefixKV(sel["k"], sel["v"])
+        n = len(row_ids)
+        for l in range(self.start, self.facts.n_layers):
+            if l == self.layer and "attn" in self.sites:
+                with nethook.add_to_output(self.model, self._site_module("attn"), row_d["attn"], range(n), [0] * n):
+                    h = self._call_layer(l, h, sel, cache)
+                if not isinstance(out_delta, int):
+                    h = torch.cat([h[:, :1] + out_delta[:, None], h[:, 1:]], dim=1)
+            else:
+                h = self._call_layer(l, h, sel, cache)
+        e_row, e_pos, _ = self._entries(row_ids)
+        edits = torch.tensor([self.rows[i].edit for i in row_ids], device=self.device)
+        return self._unembed(h[e_row, e_pos - edits[e_row]])
+
+    def _call_layer(self, l: int, h: torch.Tensor, sel: dict, cache: _PrefixKV) -> torch.Tensor:
+        module = self.model.get_submodule(self.facts.layer.format(l))
+        family = self.facts.family
+        if family == "llama":
+            out = module(h, attention_mask=sel["mask"], position_ids=sel["positions"], past_key_values=cache,
+                         use_cache=False, position_embeddings=sel["rope"])
+        elif family == "gpt_neox":
+            out = module(h, attention_mask=sel["mask"], position_ids=sel["positions"], layer_past=cache,
+                         use_cache=False, position_embeddings=sel["rope"])
+        elif family == "gpt2":
+            out = module(h, past_key_values=cache, attention_mask=sel["mask"], use_cache=False)
+        else:
+            raise ValueError(f"no fast value path for model family {family!r}")
+        return out[0] if isinstance(out, tuple) else out
+
+
+# ------------------------------------------------------------------ the optimiser
+
+def optimize_values(problem: ValueProblem, settings: ValueSettings) -> ValueResult:
+    """Optimise one delta per request and site; see the module docstring for the objective.
+
+    Adam (torch's default betas/eps) is written out per request so that a request that
+    has stopped keeps its delta while the others go on, exactly as if each request
+    had been optimised alone.
+    """
+    sites, R = problem.sites, len(problem.requests)
+    refs = problem.references
+    ref_norm = {s: refs[s].norm(dim=-1) for s in sites}
+    deltas = {s: torch.zeros_like(refs[s]) for s in sites}
+    m = {s: torch.zeros_like(refs[s]) for s in sites}
+    v = {s: torch.zeros_like(refs[s]) for s in sites}
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    active = list(range(R))
+    steps = [0] * R
+    final = {"loss": [math.nan] * R, "nll": [math.nan] * R, "kl": [math.nan] * R}
+    nll_factor = torch.full((R,), settings.nll_factor)
+    history: list[list[float]] = [[] for _ in range(R)]
+    t = 0
+    for it in range(settings.num_steps):
+        leaves = {s: deltas[s][active].clone().requires_grad_(True) for s in sites}
+        with torch.enable_grad():
+            terms = problem.losses(leaves, active)
+            idx = torch.tensor(active)
+            wd = sum(leaves[s].norm(dim=-1) / ref_norm[s][idx] ** 2 for s in sites)
+            nll_w = nll_factor[idx].to(terms.nll.dtype) * terms.nll
+            kl_w = settings.kl_factor * terms.kl
+            loss = nll_w + kl_w + settings.weight_decay * wd
+        loss_d, nll_d, kl_d, kl_w_d = loss.detach(), terms.nll.detach(), terms.kl.detach(), kl_w.detach()
+        keep = []
+        for k, r in enumerate(active):
+            final["loss"][r], final["nll"][r], final["kl"][r] = float(loss_d[k]), float(nll_d[k]), float(kl_d[k])
+            history[r].append(float(loss_d[k]))
+            done = float(loss_d[k]) < settings.stop_loss
+            if settings.relax_when_argmax:
+                if bool(terms.argmax_hit[k]):
+                    nll_factor[r] = 0.1 * settings.nll_factor
+                    done = done or float(kl_w_d[k]) <= 0.01
+                else:
+                    nll_factor[r] = settings.nll_factor
+            if not done:
+                keep.append(k)
+        if it == settings.num_steps - 1 or not keep:
+            break
+        grads = torch.autograd.grad(loss[keep].sum(), [leaves[s] for s in sites])
+        t += 1
+        rows = torch.tensor([active[k] for k in keep])
+        kk = torch.tensor(keep)
+        for s, g in zip(sites, grads):
+            g = g[kk]
+            m[s][rows] = b1 * m[s][rows] + (1 - b1) * g
+            v[s][rows] = b2 * v[s][rows] + (1 - b2) * g * g
+            denom = (v[s][rows].sqrt() / math.sqrt(1 - b2 ** t)) + eps
+            new = deltas[s][rows] - (settings.lr / (1 - b1 ** t)) * m[s][rows] / denom
+            # Project back into the ball of radius clamp_norm_factor * ||reference||.
+            max_norm = settings.clamp_norm_factor * ref_norm[s][rows]
+            norm = new.norm(dim=-1)
+            scale = torch.where(norm > max_norm, max_norm / norm.clamp_min(1e-30), torch.ones_like(norm))
+            deltas[s][rows] = new * scale[:, None]
+        for r in rows.tolist():
+            steps[r] += 1
+        active = rows.tolist()
+    values = {s: refs[s] + deltas[s] for s in sites}
+    return ValueResult(values=values, references={s: refs[s].clone() for s in sites}, deltas=deltas, steps=steps,
+                       loss=final["loss"], nll=final["nll"], kl=final["kl"],
+                       target_prob=[math.exp(-x) for x in final["nll"]], history=history)
