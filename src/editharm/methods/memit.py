@@ -1,0 +1,223 @@
+"""MEMIT: Mass-Editing Memory in a Transformer (Meng et al. 2023).
+
+A batch of facts is written into the MLP down projections of a range of layers:
+
+  1. z_i: for each request, the residual stream at the last edited layer L (subject's
+     last token) plus a delta optimised as in ROME (values.py); all requests of the
+     batch are optimised together in one batched pass.
+  2. For each layer l of the range, in order: the keys K (mean mlp_down input over the
+     context templates, by template group), the remaining residual
+     R = (z - h^L) / (number of layers left), and the least-squares update
+
+         dW (lambda C + K K^T) = R K^T          (C = E[k k^T], lambda = mom2_update_weight)
+
+     which is applied before the next layer's keys and residual are computed.
+
+The model is restored exactly before returning; the pipeline adds the updates.
+PMET and AlphaEdit reuse this loop with their own targets, spread and solve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from editharm import nethook
+from editharm.methods.base import EditContext, WeightUpdate
+from editharm.methods.values import (
+    ValueProblem,
+    ValueSettings,
+    context_templates,
+    fill,
+    optimize_values,
+    subject_keys,
+    tokenize_at_subject,
+    _pad,
+)
+from editharm.requests import EditRequest
+
+NAME = "memit"
+SUPPORTS_BATCH = True
+EDITS_WEIGHTS = True
+
+
+@dataclass
+class Hparams:
+    layers: list[int]
+    v_num_grad_steps: int
+    v_lr: float
+    v_weight_decay: float
+    clamp_norm_factor: float
+    kl_factor: float
+    mom2_adjustment: bool
+    mom2_update_weight: float
+    # MEMIT's templates: "{}" plus 5 model-generated prefixes of 10 tokens.
+    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
+    fact_token: str = "subject_last"
+
+
+def stats_layers(hparams, facts) -> list[int]:
+    """Every edited layer needs its key second moment (when mom2_adjustment is on)."""
+    return sorted(set(hparams.layers)) if getattr(hparams, "mom2_adjustment", True) else []
+
+
+def value_settings(hparams) -> ValueSettings:
+    return ValueSettings(num_steps=hparams.v_num_grad_steps, lr=hparams.v_lr, weight_decay=hparams.v_weight_decay,
+                         clamp_norm_factor=hparams.clamp_norm_factor, kl_factor=hparams.kl_factor)
+
+
+# ------------------------------------------------------------------ pure math
+
+def memit_update(keys: torch.Tensor, residuals: torch.Tensor, second_moment: torch.Tensor | None,
+                 update_weight: float) -> torch.Tensor:
+    """dW [out, in] solving dW (lambda C + K K^T) = R K^T, with keys [n, in] and residuals [n, out].
+
+    Solved in float64, as in MEMIT: lambda C dominates and float32 loses the K K^T term.
+    """
+    k = keys.to(torch.float64)
+    r = residuals.to(torch.float64)
+    c = torch.eye(k.shape[1], dtype=torch.float64, device=k.device) if second_moment is None else second_moment.to(torch.float64)
+    a = update_weight * c + k.T @ k
+    # a is symmetric, so dW = R K^T a^-1 = (a^-1 K R^T... )^T computed with one solve.
+    return torch.linalg.solve(a, k.T @ r).T.to(torch.float32)
+
+
+# ------------------------------------------------------------------ model helpers
+
+@contextlib.contextmanager
+def temporary_updates(model, facts) -> Iterator[Callable[[str, torch.Tensor], None]]:
+    """Yield add(name, dW_out_in): adds to a parameter now; every touched parameter is restored bit-exactly on exit."""
+    originals: dict[str, torch.Tensor] = {}
+
+    def add(name: str, delta_out_in: torch.Tensor) -> None:
+        param = model.get_parameter(name)
+        if name not in originals:
+            originals[name] = param.detach().clone()
+        with torch.no_grad():
+            param += facts.to_storage(delta_out_in).to(param.dtype)
+
+    try:
+        yield add
+    finally:
+        with torch.no_grad():
+            for name, value in originals.items():
+                model.get_parameter(name).copy_(value)
+
+
+@torch.no_grad()
+def plain_outputs(model, tokenizer, facts, requests: Sequence[EditRequest], module: str) -> torch.Tensor:
+    """Output of `module` at the subject's last token of each plain prompt: [R, hidden]."""
+    rows, last = [], []
+    for req in requests:
+        text, a, b = fill("{}", req.prompt, req.subject)
+        ids, pos = tokenize_at_subject(tokenizer, text, a, b)
+        rows.append(ids[:pos + 1])
+        last.append(pos)
+    device = next(model.parameters()).device
+    ids = _pad(rows, 0).to(device)
+    with nethook.capture(model, [module], stop_after=module) as rec:
+        nethook.run_until_stopped(lambda: model(input_ids=ids, use_cache=False))
+    return rec[module].output[torch.arange(len(rows), device=device), torch.tensor(last, device=device)].float()
+
+
+@dataclass
+class LayerSolve:
+    """What one layer of a mass edit used and produced (kept for tests and diagnostics)."""
+
+    keys: torch.Tensor        # [n, d_ff]
+    residuals: torch.Tensor   # [n, hidden], already divided by the spread
+    delta: torch.Tensor       # [out, in]
+
+
+def spread_layers(model, tokenizer, facts, requests: Sequence[EditRequest], layers: Sequence[int],
+                  template_groups, targets: torch.Tensor, target_module: str,
+                  spread: Callable[[int], float],
+                  solve: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+                  after: Callable[[dict[int, torch.Tensor]], None] | None = None) -> dict[int, LayerSolve]:
+    """MEMIT's layer loop: per layer, keys, residual toward `targets` at `target_module`, solve, apply.
+
+    `spread(i)` divides the residual at the i-th layer (MEMIT: layers left; PMET: its
+    square root). `after`, if given, receives each layer's keys recomputed once all
+    layers are updated (AlphaEdit accumulates them). The model is restored on return.
+    """
+    out: dict[int, LayerSolve] = {}
+    with temporary_updates(model, facts) as add:
+        for i, layer in enumerate(layers):
+            keys = subject_keys(model, tokenizer, facts, requests, [layer], template_groups, group_mean=True)[layer]
+            current = plain_outputs(model, tokenizer, facts, requests, target_module)
+            residuals = (targets - current) / spread(i)
+            delta = solve(layer, keys, residuals)
+            add(facts.down_weight_name(layer), delta)
+            out[layer] = LayerSolve(keys=keys, residuals=residuals, delta=delta)
+        if after is not None:
+            after(subject_keys(model, tokenizer, facts, requests, list(layers), template_groups, group_mean=True))
+    return out
+
+
+def check_layers(layers: Sequence[int], facts, method: str) -> list[int]:
+    layers = [int(l) for l in layers]
+    if not layers:
+        raise ValueError(f"{method}: hparams.layers is empty")
+    if layers != sorted(set(layers)):
+        raise ValueError(f"{method}: hparams.layers must be increasing and distinct, got {layers}")
+    if layers[0] < 0 or layers[-1] >= facts.n_layers:
+        raise ValueError(f"{method}: layers {layers} out of range for a model with {facts.n_layers} layers")
+    return layers
+
+
+def value_info(result, sites: Sequence[str]) -> dict:
+    """Per-batch summary of the value optimisation for the edit log."""
+    n = len(result.steps)
+    info = {
+        "steps": max(result.steps) if n else 0,
+        "steps_mean": sum(result.steps) / max(1, n),
+        "loss": sum(result.loss) / max(1, n),
+        "nll": sum(result.nll) / max(1, n),
+        "kl": sum(result.kl) / max(1, n),
+        "target_prob": sum(result.target_prob) / max(1, n),
+        "per_request_steps": list(result.steps),
+    }
+    for s in sites:
+        info[f"delta_norm_{s}"] = float(result.deltas[s].norm(dim=-1).mean())
+    return info
+
+
+# ------------------------------------------------------------------ MEMIT
+
+@dataclass
+class MassEdit:
+    deltas: dict[str, torch.Tensor]       # parameter name -> [out, in]
+    layers: dict[int, LayerSolve]
+    targets: torch.Tensor                 # z, [R, hidden]
+    info: dict
+
+
+def compute_memit(model, tokenizer, requests: Sequence[EditRequest], hparams: Hparams, context: EditContext) -> MassEdit:
+    if hparams.fact_token != "subject_last":
+        raise ValueError(f"MEMIT fact_token {hparams.fact_token!r} is not supported; use 'subject_last'")
+    facts = context.facts
+    layers = check_layers(hparams.layers, facts, "MEMIT")
+    groups = context_templates(model, tokenizer, context, hparams.context_template_length_params)
+    flat = [t for g in groups for t in g]
+    z_layer = layers[-1]
+    problem = ValueProblem(model, tokenizer, facts, requests, z_layer, flat, sites=("residual",))
+    result = optimize_values(problem, value_settings(hparams))
+    targets = result.values["residual"]
+
+    def solve(layer, keys, residuals):
+        c = context.covariance(layer).to(keys.device) if hparams.mom2_adjustment else None
+        return memit_update(keys, residuals, c, hparams.mom2_update_weight)
+
+    solved = spread_layers(model, tokenizer, facts, requests, layers, groups, targets, facts.layer.format(z_layer),
+                           spread=lambda i: float(len(layers) - i), solve=solve)
+    deltas = {facts.down_weight_name(l): s.delta for l, s in solved.items()}
+    info = value_info(result, ("residual",)) | {"layers": layers}
+    return MassEdit(deltas=deltas, layers=solved, targets=targets, info=info)
+
+
+def apply(model, tokenizer, requests: list[EditRequest], hparams: Hparams, context: EditContext) -> WeightUpdate:
+    edit = compute_memit(model, tokenizer, requests, hparams, context)
+    return WeightUpdate({n: context.facts.to_storage(d) for n, d in edit.deltas.items()}, info=edit.info)
