@@ -92,8 +92,8 @@ rule score_task:
 
 rule score_base:
     input:
-        model=P.model_manifest(),
         unpack(lambda w: _task_data(w.task)),
+        model=P.model_manifest(),
     output:
         P.base_score(),
     params:

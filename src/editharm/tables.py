@@ -41,7 +41,7 @@ def downstream_table(config: dict, paths: Paths) -> pd.DataFrame:
 
 def _score_rows(chain, edits, task, result) -> list[dict]:
     if result.get("status") != "ok":
-        # A collapsed model is a result too: recorded as NaN, with the failure kept in the JSON.
+        # A collapsed model is a result too: one "failed" row, the reason is kept in the score JSON.
         return [_row(chain, edits, task, "failed", 1.0)]
     return [_row(chain, edits, task, metric, value) for metric, value in sorted(result["metrics"].items())]
 
@@ -52,7 +52,7 @@ def editing_table(config: dict, paths: Paths) -> pd.DataFrame:
         for n in chain_checkpoints(config, chain):
             summary = read_json(paths.edit_metrics(*_parts(chain), n))["summary"]
             rows += [_row(chain, n, "editing", metric, value) for metric, value in sorted(summary.items())
-                     if isinstance(value, (int, float)) and metric != "n"]
+                     if isinstance(value, (int, float)) and not (metric == "n" or metric.startswith("n_"))]
     return _frame(rows)
 
 
