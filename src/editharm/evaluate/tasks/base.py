@@ -1,10 +1,19 @@
 """The task interface: every downstream benchmark is a Task that turns prepared rows into
 items for the scoring engine and the engine's outputs into metrics.
 
-Two kinds of item, matching the engine's two scoring modes:
+Two kinds of item, matching the engine's two scoring modes (evaluate/engine.py):
   ChoiceItem      log-likelihood of each choice after a shared context (the context is
-                  encoded once for all choices)
-  GenerationItem  greedy generation until a stop sequence or max_new_tokens
+                  encoded once for all choices). Tokenisation follows lm-evaluation-
+                  harness: write choices with their leading space (" positive") and end
+                  the context without one; a trailing space of the context is moved into
+                  the choices anyway.
+  GenerationItem  greedy generation until a stop sequence, EOS or max_new_tokens; the
+                  engine returns the text before the first stop sequence.
+
+A task module defines one Task subclass (found by NAME) and registers the formats of
+its data with @editharm.datasets.register_format. `engine.run_task` calls `items`,
+scores them by KIND, then calls `score` with outputs aligned with the items:
+ChoiceOutput for "choice" tasks, str for "generation" tasks.
 """
 
 from __future__ import annotations
@@ -33,10 +42,19 @@ class GenerationItem:
 
 @dataclass
 class ChoiceOutput:
+    """The engine's result for one ChoiceItem; every list is aligned with `item.choices`.
+
+    `token_ids` and `argmax_ids` are filled only when the engine is asked for token
+    details (editing metrics need them: token accuracy under teacher forcing, and
+    agreement with the unedited model's argmax); tasks normally ignore them.
+    """
+
     logprobs: list[float]          # summed log-probability of each choice's tokens
     token_counts: list[int]        # number of tokens of each choice
     char_counts: list[int] = field(default_factory=list)
     is_greedy: list[bool] = field(default_factory=list)  # choice is the argmax continuation
+    token_ids: list[list[int]] = field(default_factory=list)   # each choice's continuation tokens
+    argmax_ids: list[list[int]] = field(default_factory=list)  # model's argmax at each of those positions
 
 
 class Task(ABC):

@@ -1,0 +1,479 @@
+"""The scoring engine shared by every task and by the editing metrics.
+
+Two scoring modes, matching the two item kinds of tasks/base.py:
+
+score_choices  log-likelihood of each choice after a context. One row per item holds the
+               context once and then, segment after segment, each choice's tokens except
+               its last (the last token is only ever a target, never an input). A 4D
+               attention mask lets a segment see the context and itself only, and its
+               position ids restart at the context length, so every choice is scored
+               exactly as if it followed the context alone while the context is computed
+               once. The lm head runs only at the positions whose next-token distribution
+               is read (for a small model it is a fifth of the forward's FLOPs).
+generate       greedy decoding, batched with left padding, a KV cache, per-item stop
+               sequences and token limits; finished rows leave the batch.
+
+Both sort items by length (longest first, so an out-of-memory shows up at once and
+padding stays small) and build their own padded tensors, so the tokenizer's padding
+side does not change any number; `pad_side` picks the layout and the tests check that
+left and right padding give the numbers of unbatched scoring.
+
+A collapsed model (NaN or Inf logits) raises NonFiniteLogitsError; run_task turns it into
+a recorded failure for that task instead of a crash of the whole run.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+from tqdm import tqdm
+
+from editharm.evaluate.tasks.base import ChoiceItem, ChoiceOutput, GenerationItem, Task
+
+# Memory bounds of one forward pass: padded input tokens, and kept logits (rows x kept
+# positions x vocabulary, float32) - the logits dominate for large vocabularies.
+MAX_BATCH_TOKENS = 16384
+MAX_LOGIT_ELEMENTS = 1 << 27  # 512 MiB of float32
+
+
+class NonFiniteLogitsError(RuntimeError):
+    """The model produced NaN or Inf logits, so no score it gives means anything."""
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def model_max_length(model) -> int | None:
+    """Longest position the model has embeddings for (None: no limit known)."""
+    cfg = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _mask_dtype(model) -> torch.dtype:
+    try:
+        dtype = next(model.parameters()).dtype
+    except StopIteration:
+        return torch.float32
+    return dtype if dtype.is_floating_point else torch.float32
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    # stderr, counts and ETA; quiet for tiny jobs so unit tests and short calls stay clean
+    return tqdm(total=total, desc=desc, unit="item", file=sys.stderr, disable=not enabled or total < 2,
+                dynamic_ncols=True, mininterval=1.0)
+
+
+def _check_finite(logits: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(logits).all():
+        bad = (~torch.isfinite(logits)).sum().item()
+        raise NonFiniteLogitsError(f"model produced {bad} non-finite logits while {what} (NaN or Inf: a collapsed model)")
+
+
+def _add_stat(stats: dict | None, key: str, value: int) -> None:
+    if stats is not None:
+        stats[key] = stats.get(key, 0) + value
+
+
+# ---------------------------------------------------------------- tokenisation
+
+def encode_choices(tokenizer, context: str, choices: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+    """Context tokens and each choice's continuation tokens, as lm-evaluation-harness does.
+
+    Trailing whitespace of the context moves to the front of every continuation (BPE
+    vocabularies glue a space to the next word: "answer:" + " positive"). The context
+    is encoded alone; each continuation is what follows those tokens in the encoding of
+    context + continuation, so boundary merges are handled the way the model saw text in
+    training. Special tokens follow the tokenizer's default (a BOS for Llama-2, as the
+    papers' code did). An empty context becomes the BOS (else EOS) token, so the first
+    choice token has something to be predicted from.
+    """
+    stripped = context.rstrip()
+    moved = context[len(stripped):]
+    continuations = [moved + c for c in choices]
+    if not stripped:
+        first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        conts = tokenizer(continuations, add_special_tokens=False)["input_ids"]
+        return [first], [list(c) for c in conts]
+    ctx = list(tokenizer(stripped)["input_ids"])
+    wholes = tokenizer([stripped + c for c in continuations])["input_ids"]
+    conts = []
+    for text, whole in zip(continuations, wholes):
+        cont = list(whole[len(ctx):])
+        if not cont:
+            # the whole continuation merged into the context's last token: score it on its own
+            cont = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if not cont:
+            raise ValueError(f"choice {text!r} encodes to no tokens")
+        conts.append(cont)
+    return ctx, conts
+
+
+# ---------------------------------------------------------------- log-likelihood scoring
+
+@dataclass
+class _Unit:
+    """One item packed for scoring: the context once, then each choice's segment."""
+
+    index: int
+    ctx: list[int]
+    conts: list[list[int]]
+
+    @property
+    def length(self) -> int:
+        return len(self.ctx) + sum(len(c) - 1 for c in self.conts)
+
+    @property
+    def n_keep(self) -> int:
+        return 1 + sum(len(c) - 1 for c in self.conts)
+
+
+def _make_unit(index: int, ctx: list[int], conts: list[list[int]], max_len: int | None, item_id: str) -> _Unit:
+    if max_len is not None:
+        longest = max(len(c) for c in conts)
+        room = max_len - longest
+        if room < 1:
+            raise ValueError(f"item {item_id}: a choice of {longest} tokens leaves no room for context "
+                             f"within the model's {max_len} positions")
+        # Left-truncate the context (the end of the context matters most), as lm-eval does.
+        ctx = ctx[-room:]
+    return _Unit(index, ctx, conts)
+
+
+def _batches(units: list[_Unit], batch_size: int, vocab: int) -> Iterator[list[_Unit]]:
+    """Consecutive units (sorted longest first) within the row, token and logit budgets."""
+    max_keep_elems = max(1, MAX_LOGIT_ELEMENTS // max(vocab, 1))
+    batch: list[_Unit] = []
+    longest = keep = 0
+    for unit in units:
+        new_longest, new_keep = max(longest, unit.length), max(keep, unit.n_keep)
+        n = len(batch) + 1
+        if batch and (n > batch_size or n * new_longest > MAX_BATCH_TOKENS or n * new_keep > max_keep_elems):
+            yield batch
+            batch, new_longest, new_keep = [], unit.length, unit.n_keep
+        batch.append(unit)
+        longest, keep = new_longest, new_keep
+    if batch:
+        yield batch
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor     # [B, L]
+    attention_mask: torch.Tensor  # [B, 1, L, L] additive float mask
+    position_ids: torch.Tensor  # [B, L]
+    keep: torch.Tensor          # [B, K] positions whose logits are read
+    targets: list[list[list[tuple[int, int]]]]  # per row, per choice: (kept index, token id)
+    n_tokens: int               # real (non-pad) input tokens
+
+
+def pack_units(units: Sequence[_Unit], pad_id: int, pad_side: str, dtype: torch.dtype, device) -> PackedBatch:
+    """Padded input ids, the segment attention mask, position ids and read positions."""
+    if pad_side not in ("left", "right"):
+        raise ValueError(f"pad_side must be 'left' or 'right', got {pad_side!r}")
+    B = len(units)
+    L = max(u.length for u in units)
+    K = max(u.n_keep for u in units)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    seg = torch.full((B, L), -1, dtype=torch.long)  # -1 pad, 0 context, k+1 choice k
+    pos = torch.zeros((B, L), dtype=torch.long)
+    keep = torch.zeros((B, K), dtype=torch.long)
+    targets: list[list[list[tuple[int, int]]]] = []
+    n_tokens = 0
+    for b, u in enumerate(units):
+        off = L - u.length if pad_side == "left" else 0
+        C = len(u.ctx)
+        row_ids, row_seg, row_pos = list(u.ctx), [0] * C, list(range(C))
+        row_keep = [off + C - 1]  # the last context token predicts every choice's first token
+        row_targets = []
+        for k, cont in enumerate(u.conts):
+            start = len(row_ids)
+            body = cont[:-1]
+            row_ids += body
+            row_seg += [k + 1] * len(body)
+            row_pos += list(range(C, C + len(body)))
+            first_keep = len(row_keep)
+            row_keep += [off + start + j for j in range(len(body))]
+            row_targets.append([(0, cont[0])] + [(first_keep + j, cont[j + 1]) for j in range(len(body))])
+        n = len(row_ids)
+        ids[b, off:off + n] = torch.tensor(row_ids)
+        seg[b, off:off + n] = torch.tensor(row_seg)
+        pos[b, off:off + n] = torch.tensor(row_pos)
+        keep[b, :len(row_keep)] = torch.tensor(row_keep)
+        keep[b, len(row_keep):] = row_keep[0]  # filler: a real position, read and ignored
+        targets.append(row_targets)
+        n_tokens += n
+    key_seg, query_seg = seg[:, None, :], seg[:, :, None]
+    causal = torch.ones((L, L), dtype=torch.bool).tril()
+    allowed = causal & (key_seg >= 0) & ((key_seg == 0) | (key_seg == query_seg))
+    # A pad query attends to itself, so no softmax row is empty.
+    allowed |= torch.eye(L, dtype=torch.bool) & (query_seg < 0)
+    mask = torch.zeros((B, 1, L, L), dtype=dtype)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    return PackedBatch(ids.to(device), mask.to(device), pos.to(device), keep.to(device), targets, n_tokens)
+
+
+@torch.inference_mode()
+def _score_batch(model, batch: PackedBatch) -> tuple[list[list[list[float]]], list[list[list[int]]]]:
+    """Per row, per choice: the log-probability and the argmax at each target token."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                logits_to_keep=batch.keep, use_cache=False)
+    logits = out.logits.float()  # [B, K, V]
+    _check_finite(logits, "scoring choices")
+    rows, kept, toks = [], [], []
+    for b, row in enumerate(batch.targets):
+        for choice in row:
+            for k, t in choice:
+                rows.append(b)
+                kept.append(k)
+                toks.append(t)
+    rows_t, kept_t = torch.tensor(rows, device=logits.device), torch.tensor(kept, device=logits.device)
+    picked = logits[rows_t, kept_t]  # [T, V]
+    logprob = (picked.gather(1, torch.tensor(toks, device=logits.device)[:, None])[:, 0]
+               - torch.logsumexp(picked, dim=-1)).tolist()
+    argmax = picked.argmax(dim=-1).tolist()
+    lp_out, am_out, i = [], [], 0
+    for row in batch.targets:
+        lp_row, am_row = [], []
+        for choice in row:
+            lp_row.append(logprob[i:i + len(choice)])
+            am_row.append(argmax[i:i + len(choice)])
+            i += len(choice)
+        lp_out.append(lp_row)
+        am_out.append(am_row)
+    return lp_out, am_out
+
+
+def _pad_id(tokenizer) -> int:
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if tid is not None:
+            return tid
+    return 0
+
+
+def score_choices(model, tokenizer, items: Sequence[ChoiceItem], batch_size: int = 16, progress: bool = True,
+                  token_details: bool = False, pad_side: str | None = None, stats: dict | None = None,
+                  ) -> list[ChoiceOutput]:
+    """Log-likelihood of every choice of every item given its context (outputs aligned with items).
+
+    token_details  also return each choice's token ids and the model's argmax at each
+                   (teacher-forced) position, for token-level accuracy
+    pad_side       "left" or "right" layout of the padded batch (default: the tokenizer's
+                   side); the numbers do not depend on it
+    stats          if given, `tokens` (real input tokens) and `tokens_unshared` (what one
+                   pass per choice would have cost) are added to it
+    """
+    if not items:
+        return []
+    pad_side = pad_side or getattr(tokenizer, "padding_side", "right") or "right"
+    max_len = model_max_length(model)
+    units = []
+    for i, item in enumerate(items):
+        if not item.choices:
+            raise ValueError(f"item {item.id}: no choices to score")
+        ctx, conts = encode_choices(tokenizer, item.context, item.choices)
+        units.append(_make_unit(i, ctx, conts, max_len, item.id))
+    _add_stat(stats, "tokens_unshared", sum(len(u.ctx) * len(u.conts) + sum(len(c) for c in u.conts) for u in units))
+    units.sort(key=lambda u: u.length, reverse=True)
+    vocab = getattr(model.config, "vocab_size", None) or len(tokenizer)
+    device, dtype, pad_id = _device(model), _mask_dtype(model), _pad_id(tokenizer)
+    results: list[ChoiceOutput | None] = [None] * len(items)
+    with _progress(len(items), "scoring choices", progress) as bar:
+        for batch_units in _batches(units, batch_size, vocab):
+            packed = pack_units(batch_units, pad_id, pad_side, dtype, device)
+            _add_stat(stats, "tokens", packed.n_tokens)
+            logprobs, argmaxes = _score_batch(model, packed)
+            for unit, lp, am in zip(batch_units, logprobs, argmaxes):
+                item = items[unit.index]
+                results[unit.index] = ChoiceOutput(
+                    logprobs=[math.fsum(x) for x in lp],
+                    token_counts=[len(c) for c in unit.conts],
+                    char_counts=[len(c) for c in item.choices],
+                    is_greedy=[a == c for a, c in zip(am, unit.conts)],
+                    token_ids=[list(c) for c in unit.conts] if token_details else [],
+                    argmax_ids=am if token_details else [],
+                )
+            bar.update(len(batch_units))
+    return results  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- greedy generation
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(int(x) for x in source)
+    return ids
+
+
+def first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Index where the earliest stop sequence starts in `text`, or None."""
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(found) if found else None
+
+
+@torch.inference_mode()
+def _generate_batch(model, tokenizer, prompts: list[list[int]], limits: list[int], stops: list[tuple[str, ...]],
+                    eos: set[int], pad_id: int, device, stats: dict | None) -> list[str]:
+    B, L = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, L), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, L - len(p):] = torch.tensor(p)
+        mask[b, L - len(p):] = 1
+    # Left padding: each row's positions count its own tokens, starting at 0.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache, logits = out.past_key_values, out.logits[:, -1].float()
+    last = positions[:, -1]
+    active = list(range(B))
+    generated: list[list[int]] = [[] for _ in range(B)]
+    texts: list[str] = [""] * B
+    _add_stat(stats, "tokens", sum(len(p) for p in prompts))
+    while active:
+        _check_finite(logits, "generating")
+        chosen = logits.argmax(dim=-1)
+        keep = []
+        for j, row in enumerate(active):
+            token = int(chosen[j])
+            if token in eos:
+                texts[row] = tokenizer.decode(generated[row], skip_special_tokens=True)
+                continue
+            generated[row].append(token)
+            text = tokenizer.decode(generated[row], skip_special_tokens=True)
+            cut = first_stop(text, stops[row])
+            if cut is not None:
+                texts[row] = text[:cut]
+            elif len(generated[row]) >= limits[row]:
+                texts[row] = text
+            else:
+                keep.append(j)
+        _add_stat(stats, "tokens", len(active))
+        if not keep:
+            break
+        if len(keep) < len(active):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            mask, last, chosen = mask[index], last[index], chosen[index]
+            active = [active[j] for j in keep]
+        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+        last = last + 1
+        out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=last[:, None],
+                    past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1].float()
+    return texts
+
+
+def generate(model, tokenizer, items: Sequence[GenerationItem], batch_size: int = 16, progress: bool = True,
+             stats: dict | None = None) -> list[str]:
+    """Greedy continuation of every prompt, cut before the first stop sequence (outputs aligned with items).
+
+    Generation ends at a stop sequence, an EOS token or the item's max_new_tokens. The
+    prompt is encoded with the tokenizer's default special tokens and left-truncated to
+    fit the model's positions. `stats` (if given) gets `tokens`: prompt plus generated.
+    """
+    if not items:
+        return []
+    max_len = model_max_length(model)
+    encoded = tokenizer([it.prompt for it in items])["input_ids"]
+    prompts = []
+    for item, ids in zip(items, encoded):
+        if item.max_new_tokens < 1:
+            raise ValueError(f"item {item.id}: max_new_tokens must be at least 1, got {item.max_new_tokens}")
+        ids = list(ids)
+        if max_len is not None:
+            ids = ids[-max(1, max_len - item.max_new_tokens):]
+        prompts.append(ids)
+    order = sorted(range(len(items)), key=lambda i: len(prompts[i]), reverse=True)
+    eos, pad_id, device = _eos_ids(model, tokenizer), _pad_id(tokenizer), _device(model)
+    results: list[str] = [""] * len(items)
+    with _progress(len(items), "generating", progress) as bar:
+        start = 0
+        while start < len(order):
+            # as many rows as the batch size and the token budget allow
+            longest = len(prompts[order[start]]) + max(items[i].max_new_tokens for i in order[start:start + batch_size])
+            size = max(1, min(batch_size, MAX_BATCH_TOKENS // max(longest, 1)))
+            chunk = order[start:start + size]
+            texts = _generate_batch(model, tokenizer, [prompts[i] for i in chunk],
+                                    [items[i].max_new_tokens for i in chunk], [tuple(items[i].stop) for i in chunk],
+                                    eos, pad_id, device, stats)
+            for i, text in zip(chunk, texts):
+                results[i] = text
+            bar.update(len(chunk))
+            start += size
+    return results
+
+
+# ---------------------------------------------------------------- tasks and throughput
+
+def run_task(model, tokenizer, task: Task, rows: Sequence[dict], shots: Sequence[dict] | None = None,
+             batch_size: int = 16, progress: bool = True, return_outputs: bool = False) -> dict[str, Any]:
+    """Score one task on prepared rows: metrics plus speed, or a recorded failure.
+
+    Returns {"status": "ok", "metrics", "n", "seconds", "tokens", "examples_per_s",
+    "tokens_per_s"} (and "outputs" when asked: predictions, or per-choice log-probs).
+    If the model's logits are NaN/Inf it returns {"status": "failed", "reason", ...}
+    instead of raising, so one collapsed checkpoint does not stop the workflow.
+    """
+    start = time.perf_counter()
+    items = task.items(rows, shots)
+    stats: dict[str, int] = {}
+    try:
+        if task.KIND == "choice":
+            outputs: list = score_choices(model, tokenizer, items, batch_size=batch_size, progress=progress, stats=stats)
+        elif task.KIND == "generation":
+            outputs = generate(model, tokenizer, items, batch_size=batch_size, progress=progress, stats=stats)
+        else:
+            raise ValueError(f"task {task.NAME}: KIND must be 'choice' or 'generation', got {task.KIND!r}")
+    except NonFiniteLogitsError as e:
+        return {"status": "failed", "reason": str(e), "task": task.NAME, "n": len(items), "metrics": {},
+                "seconds": time.perf_counter() - start}
+    metrics = task.score(items, outputs)
+    seconds = time.perf_counter() - start
+    tokens = stats.get("tokens", 0)
+    result: dict[str, Any] = {
+        "status": "ok", "task": task.NAME, "metrics": metrics, "n": len(items), "seconds": seconds,
+        "tokens": tokens, "examples_per_s": len(items) / seconds if seconds > 0 else float("inf"),
+        "tokens_per_s": tokens / seconds if seconds > 0 else float("inf"),
+    }
+    if "tokens_unshared" in stats:
+        result["tokens_unshared"] = stats["tokens_unshared"]
+    if return_outputs:
+        result["outputs"] = [o if isinstance(o, str) else o.logprobs for o in outputs]
+    return result
+
+
+@torch.inference_mode()
+def forward_throughput(model, tokenizer, n_tokens: int, seq_len: int, batch_size: int = 16, seed: int = 0) -> float:
+    """Raw forward speed in tokens/s: plain unpadded batches with full logits, after one warm-up pass.
+
+    The reference the engine's throughput is compared with: what a forward pass costs
+    when no token is padding and no work is shared or skipped.
+    """
+    vocab = min(getattr(model.config, "vocab_size", None) or len(tokenizer), len(tokenizer))
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch_size, seq_len), generator=generator).to(_device(model))
+    model(input_ids=ids, use_cache=False)
+    passes = max(1, math.ceil(n_tokens / (batch_size * seq_len)))
+    start = time.perf_counter()
+    for _ in range(passes):
+        model(input_ids=ids, use_cache=False)
+    return passes * batch_size * seq_len / (time.perf_counter() - start)
