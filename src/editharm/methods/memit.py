@@ -27,6 +27,7 @@ import torch
 
 from editharm import nethook
 from editharm.methods.base import EditContext, WeightUpdate
+from editharm.methods.covariance import solve_second_moment
 from editharm.methods.values import (
     ValueProblem,
     ValueSettings,
@@ -75,14 +76,19 @@ def memit_update(keys: torch.Tensor, residuals: torch.Tensor, second_moment: tor
                  update_weight: float) -> torch.Tensor:
     """dW [out, in] solving dW (lambda C + K K^T) = R K^T, with keys [n, in] and residuals [n, out].
 
-    Solved in float64, as in MEMIT: lambda C dominates and float32 loses the K K^T term.
+    float64, as in MEMIT (lambda C dominates and float32 loses the K K^T term). With
+    n keys and d_ff inputs, the Woodbury identity
+        (A + K K^T)^-1 K = A^-1 K (I + K^T A^-1 K)^-1,   A = lambda C,
+    needs only C's factorisation (cached per layer) and an n x n solve.
     """
-    k = keys.to(torch.float64)
-    r = residuals.to(torch.float64)
-    c = torch.eye(k.shape[1], dtype=torch.float64, device=k.device) if second_moment is None else second_moment.to(torch.float64)
-    a = update_weight * c + k.T @ k
-    # a is symmetric, so dW = R K^T a^-1 = (a^-1 K R^T... )^T computed with one solve.
-    return torch.linalg.solve(a, k.T @ r).T.to(torch.float32)
+    k = keys.to(torch.float64).T            # [in, n]
+    r = residuals.to(torch.float64)         # [n, out]
+    if second_moment is None:
+        a_inv_k = k / update_weight
+    else:
+        a_inv_k = solve_second_moment(second_moment, k) / update_weight
+    small = torch.eye(k.shape[1], dtype=torch.float64, device=k.device) + k.T @ a_inv_k
+    return (a_inv_k @ torch.linalg.solve(small, r)).T.to(torch.float32)
 
 
 # ------------------------------------------------------------------ model helpers

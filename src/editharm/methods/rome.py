@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from editharm.methods.base import EditContext, WeightUpdate
+from editharm.methods.covariance import solve_second_moment
 from editharm.methods.values import ValueProblem, ValueSettings, context_templates, optimize_values
 from editharm.requests import EditRequest
 
@@ -55,8 +56,8 @@ def rank_one_update(weight: torch.Tensor, bias: torch.Tensor | None, key: torch.
                     second_moment: torch.Tensor | None = None) -> torch.Tensor:
     """The [out, in] update that makes W' k + b = value, minimum-norm in the metric C (eq. 2).
 
-    Solved in float64: C of a real model is ill-conditioned and the division by
-    u^T k amplifies float32 error.
+    Solved in float64 (C of a real model is ill-conditioned and the division by u^T k
+    amplifies float32 error), with C's factorisation kept across edits.
     """
     k = key.to(torch.float64)
     current = weight.to(torch.float64) @ k
@@ -66,13 +67,9 @@ def rank_one_update(weight: torch.Tensor, bias: torch.Tensor | None, key: torch.
     if second_moment is None:
         u = k
     else:
-        try:
-            u = torch.linalg.solve(second_moment.to(torch.float64), k)
-        except torch.linalg.LinAlgError as e:
-            raise ValueError(
-                "the key second moment is singular; compute it over more tokens (covariance.tokens in config)"
-            ) from e
+        u = solve_second_moment(second_moment, k)
     return (torch.outer(residual, u) / (u @ k)).to(torch.float32)
+
 
 
 @dataclass

@@ -310,6 +310,7 @@ class ValueProblem:
         self.fast = getattr(model.config, "_attn_implementation", "eager") in ("sdpa", "eager")
         self._prepare()
         self._selected: tuple[tuple[int, ...], dict] | None = None
+        self._entry_cache: dict = {}
 
     # -------------------------------------------------------------- rows
 
@@ -416,7 +417,13 @@ class ValueProblem:
     # -------------------------------------------------------------- losses
 
     def _entries(self, row_ids: Sequence[int]):
-        """Flat (row, position, token, is_kl) lists for the given rows, in row order."""
+        """Flat (row, position, token) tensors for the given rows, in row order (token -1: KL)."""
+        key = tuple(row_ids)
+        if key not in self._entry_cache:
+            self._entry_cache = {key: self._build_entries(row_ids)}
+        return self._entry_cache[key]
+
+    def _build_entries(self, row_ids: Sequence[int]):
         e_row, e_pos, e_tok = [], [], []
         for k, i in enumerate(row_ids):
             r = self.rows[i]
