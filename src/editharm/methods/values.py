@@ -255,7 +255,9 @@ class ValueResult:
     nll: list[float]
     kl: list[float]
     target_prob: list[float]
-    history: list[list[float]] = field(default_factory=list)
+    history: list[list[float]] = field(default_factory=list)       # total loss per evaluation
+    nll_history: list[list[float]] = field(default_factory=list)
+    kl_history: list[list[float]] = field(default_factory=list)
 
 
 class _PrefixKV:
@@ -561,6 +563,8 @@ def optimize_values(problem: ValueProblem, settings: ValueSettings) -> ValueResu
     final = {"loss": [math.nan] * R, "nll": [math.nan] * R, "kl": [math.nan] * R}
     nll_factor = torch.full((R,), settings.nll_factor)
     history: list[list[float]] = [[] for _ in range(R)]
+    nll_history: list[list[float]] = [[] for _ in range(R)]
+    kl_history: list[list[float]] = [[] for _ in range(R)]
     t = 0
     for it in range(settings.num_steps):
         leaves = {s: deltas[s][active].clone().requires_grad_(True) for s in sites}
@@ -576,6 +580,8 @@ def optimize_values(problem: ValueProblem, settings: ValueSettings) -> ValueResu
         for k, r in enumerate(active):
             final["loss"][r], final["nll"][r], final["kl"][r] = float(loss_d[k]), float(nll_d[k]), float(kl_d[k])
             history[r].append(float(loss_d[k]))
+            nll_history[r].append(float(nll_d[k]))
+            kl_history[r].append(float(kl_d[k]))
             done = float(loss_d[k]) < settings.stop_loss
             if settings.relax_when_argmax:
                 if bool(terms.argmax_hit[k]):
@@ -608,4 +614,5 @@ def optimize_values(problem: ValueProblem, settings: ValueSettings) -> ValueResu
     values = {s: refs[s] + deltas[s] for s in sites}
     return ValueResult(values=values, references={s: refs[s].clone() for s in sites}, deltas=deltas, steps=steps,
                        loss=final["loss"], nll=final["nll"], kl=final["kl"],
-                       target_prob=[math.exp(-x) for x in final["nll"]], history=history)
+                       target_prob=[math.exp(-x) for x in final["nll"]], history=history,
+                       nll_history=nll_history, kl_history=kl_history)
