@@ -397,6 +397,7 @@ class ValueProblem:
         if not self.fast:
             return
         self.positions = edit[:, None] + torch.arange(S, device=dev)[None, :]
+        self.prefix_len = P
         self.prefix_k = {l: kv[l][0] for l in kv}
         self.prefix_v = {l: kv[l][1] for l in kv}
         dtype = self.hidden.dtype
@@ -490,30 +491,66 @@ class ValueProblem:
             e_row, e_pos, _ = self._entries(row_ids)
             return self._unembed(hidden[e_row, e_pos], normed=True)
 
-    def _select(self, row_ids: Sequence[int]) -> dict:
+    def _select(self, row_ids: Sequence[int]) -> list[tuple[torch.Tensor, dict]]:
+        """The cached tensors of the given rows, in buckets of similar suffix length.
+
+        Rows of different requests have suffixes of different lengths; running them in
+        buckets trimmed to their own longest suffix and prefix avoids computing padding.
+        Returns (local row indices, tensors) per bucket; kept until the rows change.
+        """
         key = tuple(row_ids)
         if self._selected is not None and self._selected[0] == key:
             return self._selected[1]
-        idx = torch.tensor(row_ids, device=self.device)
-        full = len(row_ids) == len(self.rows)
-        pick = (lambda t: t) if full else (lambda t: t.index_select(0, idx))
-        sel = dict(
-            hidden=pick(self.hidden), positions=pick(self.positions), mask=pick(self.mask),
-            k={l: pick(v) for l, v in self.prefix_k.items()}, v={l: pick(v) for l, v in self.prefix_v.items()},
-            rope=None if self.rope is None else tuple(pick(t) for t in self.rope),
-        )
-        self._selected = (key, sel)
-        return sel
+        lengths = [len(self.rows[i].ids) - self.rows[i].edit for i in row_ids]
+        P = self.prefix_len
+        buckets = []
+        for local in _buckets(lengths):
+            local = sorted(local)
+            idx = torch.tensor([row_ids[i] for i in local], device=self.device)
+            s_b = max(lengths[i] for i in local)
+            p_b = max(self.rows[row_ids[i]].edit for i in local)
+            pick = lambda t: t.index_select(0, idx)  # noqa: E731
+            mask = pick(self.mask)[:, :, :s_b]
+            sel = dict(
+                hidden=pick(self.hidden)[:, :s_b], positions=pick(self.positions)[:, :s_b],
+                mask=torch.cat([mask[..., :p_b], mask[..., P:P + s_b]], dim=-1),
+                k={l: pick(v)[:, :, :p_b] for l, v in self.prefix_k.items()},
+                v={l: pick(v)[:, :, :p_b] for l, v in self.prefix_v.items()},
+                rope=None if self.rope is None else tuple(pick(t)[:, :s_b] for t in self.rope),
+            )
+            buckets.append((torch.tensor(local, device=self.device), sel))
+        self._selected = (key, buckets)
+        return buckets
 
     def _logits_fast(self, deltas, row_ids, req_ids) -> torch.Tensor:
-        sel = self._select(row_ids)
         row_d = self._row_deltas(deltas, row_ids, req_ids)
+        e_row, e_pos, _ = self._entries(row_ids)
+        edits = torch.tensor([self.rows[i].edit for i in row_ids], device=self.device)
+        e_suffix = e_pos - edits[e_row]
+        # Where each row sits in its bucket, so entries can be gathered bucket by bucket.
+        bucket_of = torch.empty(len(row_ids), dtype=torch.long, device=self.device)
+        slot_of = torch.empty(len(row_ids), dtype=torch.long, device=self.device)
+        finals = []
+        for b, (local, sel) in enumerate(self._select(row_ids)):
+            bucket_of[local] = b
+            slot_of[local] = torch.arange(len(local), device=self.device)
+            finals.append(self._run_bucket(sel, {s: d[local] for s, d in row_d.items()}))
+        logits = None
+        for b, h in enumerate(finals):
+            chosen = (bucket_of[e_row] == b).nonzero(as_tuple=True)[0]
+            part = self._unembed(h[slot_of[e_row[chosen]], e_suffix[chosen]])
+            if logits is None:
+                logits = part.new_empty(len(e_row), part.shape[-1])
+            logits = logits.index_copy(0, chosen, part)
+        return logits
+
+    def _run_bucket(self, sel: dict, row_d: dict[str, torch.Tensor]) -> torch.Tensor:
         out_delta = sum(row_d[s] for s in self.sites if s != "attn")
         h = sel["hidden"]
         if self.start == self.layer + 1:
             h = torch.cat([h[:, :1] + out_delta[:, None], h[:, 1:]], dim=1)
         cache = _PrefixKV(sel["k"], sel["v"])
-        n = len(row_ids)
+        n = h.shape[0]
         for l in range(self.start, self.facts.n_layers):
             if l == self.layer and "attn" in self.sites:
                 with nethook.add_to_output(self.model, self._site_module("attn"), row_d["attn"], range(n), [0] * n):
@@ -522,9 +559,7 @@ class ValueProblem:
                     h = torch.cat([h[:, :1] + out_delta[:, None], h[:, 1:]], dim=1)
             else:
                 h = self._call_layer(l, h, sel, cache)
-        e_row, e_pos, _ = self._entries(row_ids)
-        edits = torch.tensor([self.rows[i].edit for i in row_ids], device=self.device)
-        return self._unembed(h[e_row, e_pos - edits[e_row]])
+        return h
 
     def _call_layer(self, l: int, h: torch.Tensor, sel: dict, cache: _PrefixKV) -> torch.Tensor:
         module = self.model.get_submodule(self.facts.layer.format(l))
