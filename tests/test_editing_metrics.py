@@ -147,3 +147,14 @@ def test_reference_from_another_tokenisation_is_refused(chain_model):
         edit_metrics(model, tokenizer, [request], reference=reference, progress=False)
     with pytest.raises(ValueError, match="no entry for edit 1"):
         edit_metrics(model, tokenizer, [request], reference={}, progress=False)
+
+
+def test_kinds_limit_the_prompts_scored(chain_model):
+    model, tokenizer = chain_model
+    request = cf("good", "bcd", "zz", paraphrases=["S is a"], neighbours=[("N a", "zz")])
+    rows, summary = edit_metrics(model, tokenizer, [request], kinds=("rewrite",), progress=False)
+    assert rows[0]["reliability"] == 1.0
+    assert rows[0]["generalization"] is None and rows[0]["locality"] is None
+    assert summary["n_generalization"] == 0
+    with pytest.raises(ValueError, match="unknown prompt kinds"):
+        edit_metrics(model, tokenizer, [request], kinds=("rephrase",), progress=False)

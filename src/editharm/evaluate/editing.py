@@ -96,9 +96,12 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "reliability_magnitude", "generalization_magnitude", "locality_magnitude"]
     for key in keys:
         values = [r[key] for r in rows if r.get(key) is not None]
-        if values or key in ("reliability", "generalization", "locality"):
+        if key.endswith("_magnitude"):
+            if values:  # CounterFact only
+                summary[key] = fmean(values)
+        else:
             summary[key] = fmean(values) if values else None
-            summary[f"n_{key}"] = len(values)
+            summary[f"n_{key}"] = len(values)  # requests that had prompts of this kind
     for style in ("counterfact", "zsre"):
         summary[f"n_{style}"] = sum(r["style"] == style for r in rows)
     return summary
@@ -115,12 +118,12 @@ def _prompts(request: EditRequest) -> dict[str, list[tuple[str, str | None]]]:
     }
 
 
-def _items(requests: Sequence[EditRequest], zsre_locality: bool = True) -> list[ChoiceItem]:
+def _items(requests: Sequence[EditRequest], kinds: Sequence[str], zsre_locality: bool) -> list[ChoiceItem]:
     items = []
     for request in requests:
         new = target_continuation(request.target_new)
         for kind, pairs in _prompts(request).items():
-            if kind == "neighborhood" and request.style == "zsre" and not zsre_locality:
+            if kind not in kinds or (kind == "neighborhood" and request.style == "zsre" and not zsre_locality):
                 continue
             for i, (prompt, true) in enumerate(pairs):
                 item_id = f"{request.case_id}/{kind}/{i}"
@@ -197,19 +200,24 @@ def request_row(request: EditRequest, outputs: dict[str, list[ChoiceOutput]], re
 
 
 def edit_metrics(model, tokenizer, requests: Sequence[EditRequest], reference: dict | None = None,
-                 batch_size: int = 32, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                 batch_size: int = 32, progress: bool = True, kinds: Sequence[str] = KINDS,
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per-request metric rows and their summary (reliability, generalization, locality, n).
 
     `requests` are all edits made so far (retention, not only the latest). zsRE locality
     compares with the unedited model's argmax, `reference` from `locality_reference`;
     without it zsRE locality is not measured (None) and its prompts are not scored,
-    which suits a quick reliability check right after an edit. Non-finite logits raise
-    engine.NonFiniteLogitsError.
+    which suits a quick reliability check right after an edit. `kinds` limits the
+    prompts scored (e.g. ("rewrite",) for reliability only; the others are then None).
+    Non-finite logits raise engine.NonFiniteLogitsError.
     """
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown prompt kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
     ids = [r.case_id for r in requests]
     if len(set(ids)) != len(ids):
         raise ValueError("edit requests must have distinct case_id values")
-    items = _items(requests, zsre_locality=reference is not None)
+    items = _items(requests, kinds, zsre_locality=reference is not None)
     outputs = score_choices(model, tokenizer, items, batch_size=batch_size, progress=progress, token_details=True)
     grouped: dict[str, dict[str, list[ChoiceOutput]]] = {r.case_id: {k: [] for k in KINDS} for r in requests}
     for item, out in zip(items, outputs):
