@@ -111,7 +111,7 @@ def immediate_success(model, tokenizer, requests) -> list[float]:
     """Reliability of the requests just edited, measured right after their edit."""
     from editharm.evaluate.editing import edit_metrics
 
-    rows, _ = edit_metrics(model, tokenizer, requests)
+    rows, _ = edit_metrics(model, tokenizer, requests, kinds=("rewrite",), progress=False)
     return [row["reliability"] for row in rows]
 
 
