@@ -30,6 +30,9 @@ rule locality_reference:
         editset=P.editset(),
     output:
         P.locality_reference(),
+    params:
+        # only as many requests as the longest chain on this edit set will measure
+        n=lambda w: max(c.max_edits for c in CHAINS if (c.model, c.dataset, str(c.seed)) == (w.model, w.dataset, w.seed)),
     threads: THREADS
     resources:
         mem_mb=8000,

@@ -186,7 +186,7 @@ def _no_covariance(layer: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------ measuring
 
-def locality_reference(model_dir: str, editset: str, out_path: str, threads: int | None = None) -> None:
+def locality_reference(model_dir: str, editset: str, n: int, out_path: str, threads: int | None = None) -> None:
     from editharm.editsets import load_requests
     from editharm.evaluate.editing import locality_reference as reference
     from editharm.models import load_model
@@ -194,7 +194,7 @@ def locality_reference(model_dir: str, editset: str, out_path: str, threads: int
     _threads(threads)
     model, tokenizer = load_model(model_dir)
     t0 = time.time()
-    ref = reference(model, tokenizer, load_requests(editset))
+    ref = reference(model, tokenizer, load_requests(editset)[:n])
     write_json(out_path, {"reference": ref, "provenance": provenance(seconds=time.time() - t0)})
 
 
