@@ -82,11 +82,15 @@ def split_prompt_target(tokenizer, prompt: str, target: str) -> tuple[list[int],
     prefix), so the ids are exactly those a model sees when scoring; otherwise the
     target is tokenised on its own without special tokens (ROME's convention).
     """
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    full_ids = tokenizer(prompt + " " + target)["input_ids"]
+    prompt_ids = list(tokenizer(prompt)["input_ids"])
+    full_ids = list(tokenizer(prompt + " " + target)["input_ids"])
+    eos = tokenizer.eos_token_id
+    if eos is not None and full_ids and full_ids[-1] == eos and prompt_ids and prompt_ids[-1] == eos:
+        # a tokenizer that appends EOS to every text: the prompt is a prefix only without it
+        prompt_ids, full_ids = prompt_ids[:-1], full_ids[:-1]
     if full_ids[: len(prompt_ids)] == prompt_ids and len(full_ids) > len(prompt_ids):
         return prompt_ids, full_ids[len(prompt_ids):]
-    return prompt_ids, tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+    return prompt_ids, list(tokenizer(" " + target, add_special_tokens=False)["input_ids"])
 
 
 def encode_prompt_target(tokenizer, prompts: Sequence[str], targets: Sequence[str], device) -> PromptTargetBatch:

@@ -1,0 +1,310 @@
+"""Check editharm's scoring against lm-evaluation-harness on the same data and prompts.
+
+    .venv/bin/python scripts/check_against_lm_eval.py --model /path/to/model \
+        [--mirror ../shared/data] [--lm-eval-python .venv-lmeval/bin/python] [--out results/lm_eval_check]
+
+What is compared (docs/lm_eval_check.md explains the choices and tolerances):
+
+  truthfulqa   MC1 and MC2, lm-eval's own truthfulqa_mc1/mc2 configs (prompt, metric),
+               only the data source replaced by a local JSONL of our rows
+  mmlu         5-shot, lm-eval's own mmlu template, a few subjects, local test/dev files
+  commonsenseqa 7-shot, a task config written here with our prompt layout
+  bbh          boolean_expressions, 3-shot CoT, greedy generation with our prompt and
+               stop sequences; lm-eval's own bbh answer filter
+
+Both sides read the same rows (the mirror through configs/datasets_tasks.yaml, sha256
+checked), score the same model in float32 on the CPU, and the script compares per-item
+log-likelihoods (or generations) and the metrics.  lm-eval runs in its own virtual
+environment (it pins other packages than editharm), as a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+LL_TOL = 2e-3    # nats, per choice: float32 sums in different orders and batch shapes
+MC2_TOL = 1e-3   # MC2 is a smooth function of the log-likelihoods
+
+
+# ------------------------------------------------------------------ data
+
+
+def load_rows(name: str, specs: dict, mirror: Path, raw_root: Path) -> list[dict]:
+    from editharm.datasets import get_format
+    from editharm.sources import acquire_dataset
+
+    spec = specs[name]
+    acquire_dataset(name, spec, mirror, raw_root / name)
+    return list(get_format(spec["format"])(raw_root / name, spec))
+
+
+def write_jsonl(path: Path, docs: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    return str(path)
+
+
+def select(args, specs: dict, mirror: Path, out: Path) -> dict:
+    """The rows each check scores, and the shots."""
+    raw = out / "raw"
+    tqa = load_rows("truthfulqa", specs, mirror, raw)[: args.n_truthfulqa]
+    mmlu_test = [r for r in load_rows("mmlu", specs, mirror, raw) if r["subject"] in args.mmlu_subjects]
+    mmlu_dev = [r for r in load_rows("mmlu_dev", specs, mirror, raw) if r["subject"] in args.mmlu_subjects]
+    mmlu_test = [r for s in args.mmlu_subjects for r in [x for x in mmlu_test if x["subject"] == s][: args.n_mmlu]]
+    csqa_shots = load_rows("commonsenseqa_shots", specs, mirror, raw)[:7]
+    shot_ids = {s["id"] for s in csqa_shots}
+    csqa = [r for r in load_rows("commonsenseqa", specs, mirror, raw) if r["id"] not in shot_ids][: args.n_commonsenseqa]
+    bbh = [r for r in load_rows("bbh", specs, mirror, raw) if r["task"] == args.bbh_task][: args.n_bbh]
+    bbh_prompts = [p for p in load_rows("bbh_cot_prompts", specs, mirror, raw) if p["task"] == args.bbh_task]
+    return {"truthfulqa": (tqa, None), "mmlu": (mmlu_test, mmlu_dev), "commonsenseqa": (csqa, csqa_shots),
+            "bbh": (bbh, bbh_prompts)}
+
+
+# ------------------------------------------------------------------ lm-eval task configs
+
+
+def lm_eval_tasks_dir(python: str) -> Path:
+    code = "import lm_eval, os; print(os.path.join(os.path.dirname(lm_eval.__file__), 'tasks'))"
+    return Path(subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.strip())
+
+
+def write_lm_eval_configs(data: dict, lm_tasks: Path, task_dir: Path, args) -> list[str]:
+    """Task YAMLs for lm-eval; returns the task names."""
+    task_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+
+    def dump(name: str, config: dict) -> None:
+        (task_dir / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        names.append(name)
+
+    # TruthfulQA: lm-eval's own configs, data from a local file in the hub's schema.
+    tqa_rows, _ = data["truthfulqa"]
+    tqa_file = write_jsonl(task_dir / "data" / "truthfulqa.jsonl", [
+        {"question": r["question"], "mc1_targets": r["mc1"], "mc2_targets": r["mc2"]} for r in tqa_rows])
+    for mc in ("mc1", "mc2"):
+        dump(f"editharm_truthfulqa_{mc}", {
+            "include": str(lm_tasks / "truthfulqa" / f"truthfulqa_{mc}.yaml"), "task": f"editharm_truthfulqa_{mc}",
+            "tag": [], "dataset_path": "json", "dataset_name": None,
+            "dataset_kwargs": {"data_files": {"validation": tqa_file}}, "validation_split": "validation"})
+
+    # MMLU: lm-eval's template, one task per subject, local test and dev files.
+    test_rows, dev_rows = data["mmlu"]
+    for subject in args.mmlu_subjects:
+        fields = ("question", "subject", "choices", "answer")
+        test_file = write_jsonl(task_dir / "data" / f"mmlu_{subject}_test.jsonl",
+                                [{k: r[k] for k in fields} for r in test_rows if r["subject"] == subject])
+        dev_file = write_jsonl(task_dir / "data" / f"mmlu_{subject}_dev.jsonl",
+                               [{k: r[k] for k in fields} for r in dev_rows if r["subject"] == subject])
+        dump(f"editharm_mmlu_{subject}", {
+            "include": str(lm_tasks / "mmlu" / "default" / "_default_template_yaml"), "task": f"editharm_mmlu_{subject}",
+            "dataset_path": "json", "dataset_name": None,
+            "dataset_kwargs": {"data_files": {"test": test_file, "dev": dev_file}},
+            "description": f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n",
+            "num_fewshot": 5})
+
+    # CommonsenseQA: our layout written as an lm-eval task; the shots are its training split.
+    csqa_rows, csqa_shots = data["commonsenseqa"]
+    doc = lambda r: {"id": r["id"], "question": r["question"], "choices": r["choices"], "answer": r["answer"]}  # noqa: E731
+    dump("editharm_commonsenseqa", {
+        "task": "editharm_commonsenseqa", "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"train": write_jsonl(task_dir / "data" / "csqa_shots.jsonl", [doc(r) for r in csqa_shots]),
+                                          "test": write_jsonl(task_dir / "data" / "csqa_test.jsonl", [doc(r) for r in csqa_rows])}},
+        "training_split": "train", "test_split": "test", "output_type": "multiple_choice",
+        "doc_to_text": "{{question}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\nE. {{choices[4]}}\nAnswer:",
+        "doc_to_choice": ["A", "B", "C", "D", "E"], "doc_to_target": "answer",
+        "fewshot_config": {"sampler": "first_n"}, "num_fewshot": 7,
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]})
+
+    # BBH: our prompt (prompt file + question) as the document; lm-eval's answer filter.
+    from editharm.evaluate.tasks.bbh import MAX_NEW_TOKENS, prompt as bbh_prompt
+
+    bbh_rows, bbh_prompts = data["bbh"]
+    cot = bbh_prompts[0]["prompt"]
+    dump("editharm_bbh", {
+        "task": "editharm_bbh", "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": write_jsonl(task_dir / "data" / "bbh.jsonl",
+                                                              [{"prompt": bbh_prompt(cot, r["input"]), "target": r["target"]} for r in bbh_rows])}},
+        "test_split": "test", "output_type": "generate_until", "doc_to_text": "{{prompt}}", "doc_to_target": "{{target}}",
+        "target_delimiter": "", "num_fewshot": 0,
+        "generation_kwargs": {"until": ["\n\n", "\nQ:"], "max_gen_toks": MAX_NEW_TOKENS, "do_sample": False, "temperature": 0.0},
+        "filter_list": [{"name": "get-answer", "filter": [{"function": "regex", "regex_pattern": "(?<=the answer is )(.*)(?=.)"},
+                                                          {"function": "take_first"}]}],
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]})
+    return names
+
+
+def run_lm_eval(python: str, model: str, task_dir: Path, tasks: list[str], out_dir: Path, batch_size: int, threads: int) -> float:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    lm_eval_bin = str(Path(python).with_name("lm_eval"))
+    cmd = [lm_eval_bin, "run", "--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
+           "--device", "cpu", "--batch_size", str(batch_size), "--include_path", str(task_dir),
+           "--tasks", ",".join(tasks), "--log_samples", "--output_path", str(out_dir)]
+    print("+", " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env)
+    return time.perf_counter() - start
+
+
+def read_lm_eval(out_dir: Path, task: str) -> tuple[dict, list[dict]]:
+    results_files = sorted(glob.glob(str(out_dir / "**" / "results_*.json"), recursive=True))
+    results = json.loads(Path(results_files[-1]).read_text())["results"][task]
+    sample_files = sorted(glob.glob(str(out_dir / "**" / f"samples_{task}_*.jsonl"), recursive=True))
+    samples = [json.loads(line) for line in Path(sample_files[-1]).read_text().splitlines() if line.strip()]
+    return results, sorted(samples, key=lambda s: s["doc_id"])
+
+
+# ------------------------------------------------------------------ our side
+
+
+def run_ours(model, tokenizer, data: dict, args) -> dict:
+    from editharm.evaluate.engine import generate, score_choices
+    from editharm.evaluate.tasks import get_task
+
+    ours = {}
+    for name, (rows, shots) in data.items():
+        task = get_task(name)
+        items = task.items(rows, shots)
+        start = time.perf_counter()
+        if task.KIND == "choice":
+            outputs = score_choices(model, tokenizer, items, batch_size=args.batch_size, progress=False)
+        else:
+            outputs = generate(model, tokenizer, items, batch_size=args.batch_size, progress=False)
+        ours[name] = {"items": items, "outputs": outputs, "metrics": task.score(items, outputs),
+                      "seconds": time.perf_counter() - start}
+    return ours
+
+
+# ------------------------------------------------------------------ comparison
+
+
+def argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=lambda i: (values[i], -i))  # first index on ties, as numpy
+
+
+def near_tie(values: list[float]) -> bool:
+    top = sorted(values, reverse=True)
+    return len(top) > 1 and top[0] - top[1] < 2 * LL_TOL
+
+
+def compare_choices(items, outputs, samples, positions) -> dict:
+    """Per-choice |ours - lm-eval| log-likelihood, argmax disagreements and near-ties.
+
+    `positions(item, sample)` gives the positions in our item's choices of lm-eval's
+    choices for that document, in lm-eval's order.
+    """
+    max_diff, flips, ties = 0.0, 0, 0
+    for item, out, sample in zip(items, outputs, samples, strict=True):
+        theirs = [float(r[0]) for r in sample["filtered_resps"]]
+        mine = [out.logprobs[p] for p in positions(item, sample)]
+        max_diff = max(max_diff, max(abs(a - b) for a, b in zip(mine, theirs, strict=True)))
+        flips += argmax(mine) != argmax(theirs)
+        ties += near_tie(theirs)
+    return {"max_abs_loglik_diff": max_diff, "argmax_disagreements": flips, "near_ties": ties, "n": len(items)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="local model folder (config.json, safetensors, tokenizer)")
+    parser.add_argument("--mirror", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--datasets", default=str(REPO / "configs" / "datasets_tasks.yaml"))
+    parser.add_argument("--lm-eval-python", default=str(REPO / ".venv-lmeval" / "bin" / "python"))
+    parser.add_argument("--out", default=str(REPO / "results" / "lm_eval_check"))
+    parser.add_argument("--n-truthfulqa", type=int, default=50)
+    parser.add_argument("--mmlu-subjects", nargs="+", default=["high_school_geography", "marketing", "college_biology"])
+    parser.add_argument("--n-mmlu", type=int, default=15, help="questions per subject")
+    parser.add_argument("--n-commonsenseqa", type=int, default=50)
+    parser.add_argument("--bbh-task", default="boolean_expressions")
+    parser.add_argument("--n-bbh", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reuse-lm-eval", action="store_true",
+                        help="compare with the lm-eval results already in --out instead of running lm-eval again")
+    args = parser.parse_args()
+
+    import torch
+
+    from editharm.models import load_model
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    specs = yaml.safe_load(Path(args.datasets).read_text())["datasets"]
+    data = select(args, specs, Path(args.mirror), out)
+
+    lm_tasks = lm_eval_tasks_dir(args.lm_eval_python)
+    task_names = write_lm_eval_configs(data, lm_tasks, out / "lm_eval_tasks", args)
+    lm_seconds = 0.0
+    if not args.reuse_lm_eval:
+        lm_seconds = run_lm_eval(args.lm_eval_python, args.model, out / "lm_eval_tasks", task_names, out / "lm_eval_output",
+                                 args.batch_size, args.threads)
+
+    model, tokenizer = load_model(args.model, device="cpu")
+    ours = run_ours(model, tokenizer, data, args)
+
+    rows = []
+
+    def add(task: str, metric: str, mine: float, theirs: float, tol: float, detail: dict) -> None:
+        rows.append({"task": task, "metric": metric, "editharm": mine, "lm_eval": theirs, "abs_diff": abs(mine - theirs),
+                     "tolerance": tol, "ok": abs(mine - theirs) <= tol + 1e-12, **detail})
+
+    # TruthfulQA: our one item per question holds both answer lists; match lm-eval's by text.
+    o = ours["truthfulqa"]
+    for mc in ("mc1", "mc2"):
+        res, samples = read_lm_eval(out / "lm_eval_output", f"editharm_truthfulqa_{mc}")
+        detail = compare_choices(o["items"], o["outputs"], samples,
+                                 lambda item, sample, mc=mc: [item.choices.index(" " + t) for t in sample["doc"][f"{mc}_targets"]["choices"]])
+        tol = detail["near_ties"] / detail["n"] if mc == "mc1" else MC2_TOL
+        add("truthfulqa", mc, o["metrics"][mc], res["acc,none"], tol, detail)
+
+    o = ours["mmlu"]
+    correct = 0.0
+    mmlu_detail = {"max_abs_loglik_diff": 0.0, "argmax_disagreements": 0, "near_ties": 0, "n": 0}
+    for subject in args.mmlu_subjects:
+        res, samples = read_lm_eval(out / "lm_eval_output", f"editharm_mmlu_{subject}")
+        idx = [i for i, it in enumerate(o["items"]) if it.id.startswith(subject + "/")]
+        d = compare_choices([o["items"][i] for i in idx], [o["outputs"][i] for i in idx], samples, lambda item, sample: [0, 1, 2, 3])
+        mmlu_detail["max_abs_loglik_diff"] = max(mmlu_detail["max_abs_loglik_diff"], d["max_abs_loglik_diff"])
+        for k in ("argmax_disagreements", "near_ties", "n"):
+            mmlu_detail[k] += d[k]
+        correct += res["acc,none"] * d["n"]
+    add("mmlu", "accuracy", o["metrics"]["accuracy"], correct / mmlu_detail["n"], mmlu_detail["near_ties"] / mmlu_detail["n"], mmlu_detail)
+
+    o = ours["commonsenseqa"]
+    res, samples = read_lm_eval(out / "lm_eval_output", "editharm_commonsenseqa")
+    d = compare_choices(o["items"], o["outputs"], samples, lambda item, sample: [0, 1, 2, 3, 4])
+    add("commonsenseqa", "accuracy", o["metrics"]["accuracy"], res["acc,none"], d["near_ties"] / d["n"], d)
+
+    o = ours["bbh"]
+    res, samples = read_lm_eval(out / "lm_eval_output", "editharm_bbh")
+    theirs_text = [s["resps"][0][0] for s in samples]
+    differing = sum(a != b for a, b in zip(o["outputs"], theirs_text, strict=True))
+    add("bbh/" + args.bbh_task, "exact_match", o["metrics"]["exact_match"], res["exact_match,get-answer"],
+        differing / len(samples), {"differing_generations": differing, "n": len(samples)})
+
+    report = {"model": args.model, "ll_tolerance": LL_TOL, "mc2_tolerance": MC2_TOL, "rows": rows,
+              "lm_eval_seconds": lm_seconds, "editharm_seconds": {k: v["seconds"] for k, v in ours.items()}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    print(f"\n{'task':28} {'metric':12} {'editharm':>9} {'lm-eval':>9} {'|diff|':>8} {'tol':>8}  max|dLL|  flips  ok")
+    for r in rows:
+        dll = r.get("max_abs_loglik_diff")
+        print(f"{r['task']:28} {r['metric']:12} {r['editharm']:9.4f} {r['lm_eval']:9.4f} {r['abs_diff']:8.4f} {r['tolerance']:8.4f}  "
+              f"{'-' if dll is None else f'{dll:.1e}':>8}  {r.get('argmax_disagreements', r.get('differing_generations')):>5}  {r['ok']}")
+    print(f"\nlm-eval wall time {lm_seconds:.0f} s; editharm " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in ours.items()))
+    ok = all(r["ok"] for r in rows) and all(r.get("max_abs_loglik_diff", 0.0) <= LL_TOL for r in rows)
+    print("AGREE" if ok else "DISAGREE", f"(report: {out / 'report.json'})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
