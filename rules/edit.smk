@@ -3,8 +3,13 @@
 # inputs, so changing them reruns that method's segments and what depends on them only.
 
 
-def _chain_checkpoints(w):
-    return [c for c in CFG["checkpoints"]]
+_CHAIN_CHECKPOINTS = {(c.model, c.dataset, c.method, c.regulariser, str(c.seed)): chain_checkpoints(CFG, c) for c in CHAINS}
+
+
+def _n_prev(w):
+    """The checkpoint the segment ending at n starts from, on this chain's checkpoints (an experiment may set its own)."""
+    cps = _CHAIN_CHECKPOINTS.get((w.model, w.dataset, w.method, w.reg, w.seed), CFG["checkpoints"])
+    return previous_checkpoint(cps, int(w.n))
 
 
 def stats_inputs(model, method):
@@ -13,15 +18,23 @@ def stats_inputs(model, method):
     return {int(layer): P.layer_stats(model, COV["corpus"], COV["tokens"], layer) for layer in layers}
 
 
+def _trained_as(model, method):
+    """Aliases of a trained method (e.g. mend and mend_b10: same module, hyperparameter file and
+    training data, another batch size) share one trained artifact: the first such name, sorted."""
+    def ident(m):
+        return (method_module(m).__name__, hparams_path(CFG, model, m), CFG["methods"][m].get("training_dataset"))
+    return min(m for m in CFG["methods"] if ident(m) == ident(method))
+
+
 def trained_input(model, method):
     spec = CFG["methods"][method]
     if getattr(method_module(method), "TRAINED", False):
-        return P.trained(model, method, spec["training_dataset"])
+        return P.trained(model, _trained_as(model, method), spec["training_dataset"])
     return None
 
 
 def edit_segment_inputs(w):
-    n_prev = previous_checkpoint(CFG["checkpoints"], int(w.n))
+    n_prev = _n_prev(w)
     inputs = {
         "model": P.model_manifest(w.model),
         "editset": P.editset(w.dataset, w.seed),
@@ -71,7 +84,7 @@ rule edit_segment:
         meta=P.checkpoint_meta(),
         log=P.edit_log(),
     params:
-        n_prev=lambda w: previous_checkpoint(CFG["checkpoints"], int(w.n)),
+        n_prev=_n_prev,
         module=lambda w: CFG["methods"][w.method].get("module"),
         batch_size=lambda w: CFG["methods"][w.method].get("batch_size", 1),
         stats=lambda w: stats_inputs(w.model, w.method),

@@ -103,8 +103,9 @@ def test_changing_rome_hparams_reruns_rome_and_dependents_only(finished_run):
         assert result.returncode == 0, result.stderr[-3000:]
         jobs = _planned_jobs(result.stdout + result.stderr)
         # 2 chains x 2 checkpoints, each with its editing metrics, weight stats and one task score.
+        # The figures: the overview notebook, one job per paper-figure notebook, the index page.
         assert jobs == {"edit_segment": 4, "edit_metrics": 4, "weight_stats": 4, "score_task": 4,
-                        "aggregate": 1, "figures": 1, "all": 1}, jobs
+                        "aggregate": 1, "edit_harm": 1, "figure": 12, "figures": 1, "all": 1}, jobs
     finally:
         hparams.write_text(original)
         os.utime(hparams, (0, 0))  # back to older than every output

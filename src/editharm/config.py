@@ -113,10 +113,13 @@ def _semantic_problems(config: dict) -> list[str]:
             for item in exp[kind]:
                 if item not in defined:
                     problems.append(f"key {where}.{kind}: {item!r} is not defined under `{kind}` (defined: {', '.join(defined)})")
-        if exp["max_edits"] > max(cps):
-            problems.append(f"key {where}.max_edits: {exp['max_edits']} exceeds the largest checkpoint {max(cps)}")
-        elif exp["max_edits"] not in cps:
-            problems.append(f"key {where}.max_edits: {exp['max_edits']} must be one of checkpoints {cps}")
+        exp_cps = exp.get("checkpoints", cps)
+        if exp_cps != sorted(exp_cps):
+            problems.append(f"key {where}.checkpoints: {exp_cps} must be increasing, e.g. {sorted(exp_cps)}")
+        if exp["max_edits"] > max(exp_cps):
+            problems.append(f"key {where}.max_edits: {exp['max_edits']} exceeds the largest checkpoint {max(exp_cps)}")
+        elif exp["max_edits"] not in exp_cps:
+            problems.append(f"key {where}.max_edits: {exp['max_edits']} must be one of checkpoints {exp_cps}")
         for reg in exp["regularisers"]:
             try:
                 parse_regulariser(reg)

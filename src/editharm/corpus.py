@@ -15,7 +15,12 @@ Formats registered here (spec `format:` in config):
   as an upper-case line and as "Section::::Name."; we keep one plain "Name" line and
   drop every upper-case heading line (also those of emptied sections: REFERENCES).
 
-Text layout in both: title in its own field, paragraphs and headings separated by a
+- `wikipedia_parquet`: the Hugging Face `wikimedia/wikipedia` dump shards (parquet,
+  columns id, url, title, text), read in row batches (one English shard holds about
+  156,000 articles, more than ROME's 100,000 samples); needs pyarrow.  The text is kept
+  as the dump has it.
+
+Text layout in all: title in its own field, paragraphs and headings separated by a
 blank line, like the Hugging Face `wikipedia` dumps ROME computed its statistics on.
 """
 
@@ -131,6 +136,25 @@ def wikipedia_articles(raw_dir: Path, spec: dict) -> Iterator[dict]:
             if text:
                 rel = f.relative_to(root).as_posix() if root.is_dir() else f.name
                 yield {"id": f"{raw_name}/{rel}" if root.is_dir() else raw_name, "title": title, "text": text}
+
+
+@register_format("wikipedia_parquet")
+def wikipedia_parquet(raw_dir: Path, spec: dict) -> Iterator[dict]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:  # only the hub's dump is parquet; the mirrored corpora are text
+        raise DataError("format wikipedia_parquet reads Parquet and needs pyarrow; install it with `pip install pyarrow`.") from e
+    for raw_name in spec["files"]:
+        path = Path(raw_dir) / raw_name
+        table = pq.ParquetFile(path)
+        missing = {"id", "title", "text"} - set(table.schema_arrow.names)
+        if missing:
+            raise DataError(f"{path}: no column(s) {', '.join(sorted(missing))}; expected a wikimedia/wikipedia shard "
+                            f"(id, url, title, text), found {', '.join(table.schema_arrow.names)}.")
+        for batch in table.iter_batches(batch_size=1024, columns=["id", "title", "text"]):
+            for row in batch.to_pylist():
+                if row["text"] and row["text"].strip():
+                    yield {"id": f"{raw_name}#{row['id']}", "title": row["title"], "text": row["text"]}
 
 
 # --------------------------------------------------------------------------- prepared corpora

@@ -38,8 +38,23 @@ def chains(config: dict) -> list[Chain]:
     return sorted(Chain(*key, max_edits=n) for key, n in longest.items())
 
 
+def _in_experiment(config: dict, exp: dict, chain: Chain) -> bool:
+    return (chain.model in exp["models"] and chain.dataset in exp["datasets"] and chain.method in exp["methods"]
+            and chain.regulariser in exp["regularisers"] and chain.seed in exp.get("seeds", config["seeds"]))
+
+
 def chain_checkpoints(config: dict, chain: Chain) -> list[int]:
-    return [n for n in config["checkpoints"] if n <= chain.max_edits]
+    """Where a chain saves and is scored: its experiments' checkpoints (an experiment's own
+    `checkpoints`, else the global list), merged, up to the chain's max_edits.
+
+    An experiment's own list serves batch editing: checkpoints [30] with batch size 30 is one
+    edit operation of 30 requests, where the global [1, 10, 100, ...] would cut it into 1, 9, 20.
+    """
+    cps: set[int] = set()
+    for exp in config["experiments"].values():
+        if _in_experiment(config, exp, chain):
+            cps.update(exp.get("checkpoints", config["checkpoints"]))
+    return sorted(n for n in (cps or config["checkpoints"]) if n <= chain.max_edits)
 
 
 def previous_checkpoint(checkpoints: list[int], n: int) -> int:
@@ -51,7 +66,7 @@ def previous_checkpoint(checkpoints: list[int], n: int) -> int:
 
 
 def edit_set_size(config: dict) -> int:
-    return max(config["checkpoints"])
+    return max([*config["checkpoints"], *(n for exp in config["experiments"].values() for n in exp.get("checkpoints", []))])
 
 
 def models_in_use(config: dict) -> list[str]:
