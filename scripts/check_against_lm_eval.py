@@ -153,15 +153,39 @@ def run_lm_eval(python: str, model: str, task_dir: Path, tasks: list[str], out_d
     print("+", " ".join(cmd), flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env=env)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    (out_dir / "wall_seconds.json").write_text(json.dumps({"seconds": seconds, "command": cmd}), encoding="utf-8")
+    return seconds
+
+
+def latest_lm_eval_run(out_dir: Path) -> tuple[Path, str]:
+    """The newest results file under out_dir (lm-eval writes <model>/results_<timestamp>.json) and its timestamp.
+
+    Results and samples are then read from that one run only, never mixed across runs or
+    models that share the output folder.
+    """
+    results_files = glob.glob(str(out_dir / "**" / "results_*.json"), recursive=True)
+    if not results_files:
+        raise FileNotFoundError(f"no lm-eval results under {out_dir}: run without --reuse-lm-eval first")
+    latest = Path(max(results_files, key=os.path.getmtime))
+    return latest, latest.name[len("results_"):-len(".json")]
 
 
 def read_lm_eval(out_dir: Path, task: str) -> tuple[dict, list[dict]]:
-    results_files = sorted(glob.glob(str(out_dir / "**" / "results_*.json"), recursive=True))
-    results = json.loads(Path(results_files[-1]).read_text())["results"][task]
-    sample_files = sorted(glob.glob(str(out_dir / "**" / f"samples_{task}_*.jsonl"), recursive=True))
-    samples = [json.loads(line) for line in Path(sample_files[-1]).read_text().splitlines() if line.strip()]
+    results_file, stamp = latest_lm_eval_run(out_dir)
+    results = json.loads(results_file.read_text())["results"][task]
+    sample_file = results_file.parent / f"samples_{task}_{stamp}.jsonl"
+    samples = [json.loads(line) for line in sample_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     return results, sorted(samples, key=lambda s: s["doc_id"])
+
+
+def request_args(sample: dict) -> list[tuple]:
+    """The request arguments lm-eval logged for a document: (context, continuation) per choice, or (prompt, kwargs)."""
+    args = sample["arguments"]
+    if isinstance(args, dict):  # {"gen_args_0": {"arg_0": .., "arg_1": ..}, ...}
+        ordered = [args[k] for k in sorted(args, key=lambda k: int(k.rsplit("_", 1)[1]))]
+        return [tuple(a[k] for k in sorted(a, key=lambda k: int(k.rsplit("_", 1)[1]))) for a in ordered]
+    return [tuple(a) for a in args]
 
 
 # ------------------------------------------------------------------ our side
@@ -198,19 +222,30 @@ def near_tie(values: list[float]) -> bool:
 
 
 def compare_choices(items, outputs, samples, positions) -> dict:
-    """Per-choice |ours - lm-eval| log-likelihood, argmax disagreements and near-ties.
+    """Per-choice |ours - lm-eval| log-likelihood, argmax disagreements, near-ties, prompt mismatches.
 
     `positions(item, sample)` gives the positions in our item's choices of lm-eval's
-    choices for that document, in lm-eval's order.
+    choices for that document, in lm-eval's order.  A prompt mismatch is a document whose
+    context or continuation strings (as lm-eval logged its requests) differ from ours:
+    then the two sides did not score the same text, and agreeing numbers would mean nothing.
     """
-    max_diff, flips, ties = 0.0, 0, 0
+    max_diff, flips, ties, mismatched = 0.0, 0, 0, []
+    per_item = []
     for item, out, sample in zip(items, outputs, samples, strict=True):
         theirs = [float(r[0]) for r in sample["filtered_resps"]]
-        mine = [out.logprobs[p] for p in positions(item, sample)]
-        max_diff = max(max_diff, max(abs(a - b) for a, b in zip(mine, theirs, strict=True)))
+        pos = positions(item, sample)
+        mine = [out.logprobs[p] for p in pos]
+        requests = request_args(sample)
+        if len(requests) != len(pos) or any(ctx != item.context or cont != item.choices[p]
+                                            for (ctx, cont, *_), p in zip(requests, pos)):
+            mismatched.append(item.id)
+        diff = max(abs(a - b) for a, b in zip(mine, theirs, strict=True))
+        max_diff = max(max_diff, diff)
         flips += argmax(mine) != argmax(theirs)
         ties += near_tie(theirs)
-    return {"max_abs_loglik_diff": max_diff, "argmax_disagreements": flips, "near_ties": ties, "n": len(items)}
+        per_item.append({"id": item.id, "max_abs_loglik_diff": diff, "editharm": mine, "lm_eval": theirs})
+    return {"max_abs_loglik_diff": max_diff, "argmax_disagreements": flips, "near_ties": ties, "n": len(items),
+            "prompt_mismatches": len(mismatched), "mismatched_ids": mismatched[:10], "per_item": per_item}
 
 
 def main() -> int:
@@ -227,7 +262,8 @@ def main() -> int:
     parser.add_argument("--bbh-task", default="boolean_expressions")
     parser.add_argument("--n-bbh", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads on each side (default 1: on a shared CPU, 2 threads ran generation ~15x slower)")
     parser.add_argument("--reuse-lm-eval", action="store_true",
                         help="compare with the lm-eval results already in --out instead of running lm-eval again")
     args = parser.parse_args()
@@ -243,8 +279,10 @@ def main() -> int:
 
     lm_tasks = lm_eval_tasks_dir(args.lm_eval_python)
     task_names = write_lm_eval_configs(data, lm_tasks, out / "lm_eval_tasks", args)
-    lm_seconds = 0.0
-    if not args.reuse_lm_eval:
+    if args.reuse_lm_eval:
+        wall = out / "lm_eval_output" / "wall_seconds.json"
+        lm_seconds = json.loads(wall.read_text())["seconds"] if wall.exists() else float("nan")
+    else:
         lm_seconds = run_lm_eval(args.lm_eval_python, args.model, out / "lm_eval_tasks", task_names, out / "lm_eval_output",
                                  args.batch_size, args.threads)
 
@@ -254,8 +292,12 @@ def main() -> int:
     rows = []
 
     def add(task: str, metric: str, mine: float, theirs: float, tol: float, detail: dict) -> None:
+        # ok: the metric within its tolerance, every per-choice log-likelihood within LL_TOL, and both
+        # sides scored the same prompt strings
+        ok = (abs(mine - theirs) <= tol + 1e-12 and detail.get("max_abs_loglik_diff", 0.0) <= LL_TOL
+              and detail.get("prompt_mismatches", 0) == 0)
         rows.append({"task": task, "metric": metric, "editharm": mine, "lm_eval": theirs, "abs_diff": abs(mine - theirs),
-                     "tolerance": tol, "ok": abs(mine - theirs) <= tol + 1e-12, **detail})
+                     "tolerance": tol, "ok": ok, **detail})
 
     # TruthfulQA: our one item per question holds both answer lists; match lm-eval's by text.
     o = ours["truthfulqa"]
@@ -268,13 +310,14 @@ def main() -> int:
 
     o = ours["mmlu"]
     correct = 0.0
-    mmlu_detail = {"max_abs_loglik_diff": 0.0, "argmax_disagreements": 0, "near_ties": 0, "n": 0}
+    mmlu_detail = {"max_abs_loglik_diff": 0.0, "argmax_disagreements": 0, "near_ties": 0, "n": 0, "prompt_mismatches": 0,
+                   "mismatched_ids": [], "per_item": []}
     for subject in args.mmlu_subjects:
         res, samples = read_lm_eval(out / "lm_eval_output", f"editharm_mmlu_{subject}")
         idx = [i for i, it in enumerate(o["items"]) if it.id.startswith(subject + "/")]
         d = compare_choices([o["items"][i] for i in idx], [o["outputs"][i] for i in idx], samples, lambda item, sample: [0, 1, 2, 3])
         mmlu_detail["max_abs_loglik_diff"] = max(mmlu_detail["max_abs_loglik_diff"], d["max_abs_loglik_diff"])
-        for k in ("argmax_disagreements", "near_ties", "n"):
+        for k in ("argmax_disagreements", "near_ties", "n", "prompt_mismatches", "mismatched_ids", "per_item"):
             mmlu_detail[k] += d[k]
         correct += res["acc,none"] * d["n"]
     add("mmlu", "accuracy", o["metrics"]["accuracy"], correct / mmlu_detail["n"], mmlu_detail["near_ties"] / mmlu_detail["n"], mmlu_detail)
@@ -284,24 +327,43 @@ def main() -> int:
     d = compare_choices(o["items"], o["outputs"], samples, lambda item, sample: [0, 1, 2, 3, 4])
     add("commonsenseqa", "accuracy", o["metrics"]["accuracy"], res["acc,none"], d["near_ties"] / d["n"], d)
 
+    # BBH: the generations themselves, then the answers each side extracts from them.
+    from editharm.evaluate.tasks.bbh import extract_answer
+
     o = ours["bbh"]
     res, samples = read_lm_eval(out / "lm_eval_output", "editharm_bbh")
     theirs_text = [s["resps"][0][0] for s in samples]
     differing = sum(a != b for a, b in zip(o["outputs"], theirs_text, strict=True))
+    # same generation but a different extracted answer: a difference of answer extraction, not of the engine
+    # (no answer found: None for us, lm-eval's regex filter falls back to "[invalid]"; both count as wrong)
+    same_text_other_answer = sum(a == b and (extract_answer(a) or "[invalid]") != s["filtered_resps"][0]
+                                 for a, b, s in zip(o["outputs"], theirs_text, samples, strict=True))
+    mismatched = [it.id for it, s in zip(o["items"], samples, strict=True) if request_args(s)[0][0] != it.prompt]
     add("bbh/" + args.bbh_task, "exact_match", o["metrics"]["exact_match"], res["exact_match,get-answer"],
-        differing / len(samples), {"differing_generations": differing, "n": len(samples)})
+        differing / len(samples), {
+            "differing_generations": differing, "same_generation_other_answer": same_text_other_answer, "n": len(samples),
+            "prompt_mismatches": len(mismatched), "mismatched_ids": mismatched[:10],
+            "per_item": [{"id": it.id, "target": it.references, "editharm": a, "lm_eval": b, "editharm_answer": extract_answer(a),
+                          "lm_eval_answer": s["filtered_resps"][0]}
+                         for it, a, b, s in zip(o["items"], o["outputs"], theirs_text, samples, strict=True)]})
 
     report = {"model": args.model, "ll_tolerance": LL_TOL, "mc2_tolerance": MC2_TOL, "rows": rows,
               "lm_eval_seconds": lm_seconds, "editharm_seconds": {k: v["seconds"] for k, v in ours.items()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    print(f"\n{'task':28} {'metric':12} {'editharm':>9} {'lm-eval':>9} {'|diff|':>8} {'tol':>8}  max|dLL|  flips  ok")
+    print(f"\n{'task':28} {'metric':12} {'editharm':>9} {'lm-eval':>9} {'|diff|':>8} {'tol':>8}  max|dLL|  flips  ties  n    "
+          f"prompt!=  ok")
     for r in rows:
         dll = r.get("max_abs_loglik_diff")
         print(f"{r['task']:28} {r['metric']:12} {r['editharm']:9.4f} {r['lm_eval']:9.4f} {r['abs_diff']:8.4f} {r['tolerance']:8.4f}  "
-              f"{'-' if dll is None else f'{dll:.1e}':>8}  {r.get('argmax_disagreements', r.get('differing_generations')):>5}  {r['ok']}")
+              f"{'-' if dll is None else f'{dll:.1e}':>8}  {r.get('argmax_disagreements', r.get('differing_generations')):>5}  "
+              f"{r.get('near_ties', '-'):>4}  {r['n']:<4} {r['prompt_mismatches']:>8}  {r['ok']}")
+    print("(flips: argmax disagreements; for bbh, differing generations)")
+    if rows[-1].get("same_generation_other_answer"):
+        print(f"bbh: {rows[-1]['same_generation_other_answer']} identical generation(s) with different extracted answers")
     print(f"\nlm-eval wall time {lm_seconds:.0f} s; editharm " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in ours.items()))
-    ok = all(r["ok"] for r in rows) and all(r.get("max_abs_loglik_diff", 0.0) <= LL_TOL for r in rows)
+    ok = (all(r["ok"] for r in rows) and all(r.get("max_abs_loglik_diff", 0.0) <= LL_TOL for r in rows)
+          and all(r["prompt_mismatches"] == 0 for r in rows))
     print("AGREE" if ok else "DISAGREE", f"(report: {out / 'report.json'})")
     return 0 if ok else 1
 
