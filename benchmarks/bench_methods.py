@@ -51,14 +51,35 @@ def ensure_second_moments(args, layers: list[int]) -> None:
         return
     model, tokenizer = load_model(args.model, device="cpu")
     facts = facts_for(model)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     moments = collect_second_moments(model, tokenizer, facts, missing, corpus_texts(args.corpus), args.cov_tokens)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - c
     for layer, m in moments.items():
         save_second_moment(cov_path(args.cov_dir, layer, args.cov_tokens), m,
                            {"layer": layer, "tokens": args.cov_tokens, "corpus": str(args.corpus)})
-    print(f"second moments for layers {missing}, {args.cov_tokens} tokens, one pass: {seconds:.1f} s "
-          f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"second moments for layers {missing}, {args.cov_tokens} tokens, one pass: {seconds:.1f} s wall, "
+          f"{cpu:.1f} s CPU (load {os.getloadavg()[0]:.1f})", flush=True)
+
+
+def compare_second_moments(args, layers: list[int]) -> dict:
+    """Time one pass for all `layers` against passes for single layers (nothing is cached)."""
+    model, tokenizer = load_model(args.model, device="cpu")
+    facts = facts_for(model)
+    texts = corpus_texts(args.corpus)
+    runs = []
+    for group in [layers] + [[l] for l in args.cov_single or [max(layers)]]:
+        load = os.getloadavg()
+        t, c = time.perf_counter(), time.process_time()
+        moments = collect_second_moments(model, tokenizer, facts, group, texts, args.cov_tokens, progress=False)
+        seconds, cpu = time.perf_counter() - t, time.process_time() - c
+        runs.append({"layers": group, "tokens": args.cov_tokens, "wall_s": seconds, "cpu_s": cpu,
+                     "load_before": load, "load_after": os.getloadavg()})
+        print(json.dumps(runs[-1]), flush=True)
+        if len(group) > 1:
+            for layer, m in moments.items():
+                save_second_moment(cov_path(args.cov_dir, layer, args.cov_tokens), m,
+                                   {"layer": layer, "tokens": args.cov_tokens, "corpus": str(args.corpus)})
+    return {"threads": torch.get_num_threads(), "runs": runs}
 
 
 def worker(args) -> dict:
@@ -75,13 +96,16 @@ def worker(args) -> dict:
     size = args.batch if method.SUPPORTS_BATCH else 1
     batches = [requests[i:i + size] for i in range(0, len(requests), size)]
     per_edit, cpu_per_edit, steps, eff, para, neigh = [], [], [], [], [], []
+    batch_wall, batch_cpu = [], []
     for batch in batches:
         t, c = time.perf_counter(), time.process_time()
         update = method.apply(model, tokenizer, batch, hp, context)
         seconds, cpu = time.perf_counter() - t, time.process_time() - c
+        batch_wall.append(seconds)
+        batch_cpu.append(cpu)
         per_edit += [seconds / len(batch)] * len(batch)
         cpu_per_edit += [cpu / len(batch)] * len(batch)
-        steps.append(update.info.get("steps"))
+        steps.append({k: v for k, v in update.info.items() if isinstance(v, (int, float, str))} or None)
         originals = {n: model.get_parameter(n).detach().clone() for n in update.deltas}
         with torch.no_grad():
             for n, d in update.deltas.items():
@@ -104,13 +128,15 @@ def worker(args) -> dict:
         "paraphrase": statistics.mean(para), "neighbourhood": statistics.mean(neigh),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(), "load": os.getloadavg()[0],
+        "efficacy_count": sum(eff), "batch_seconds": batch_wall, "batch_cpu_seconds": batch_cpu,
+        "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=["memit", "pmet", "alphaedit"])
-    ap.add_argument("--model", default="/tmp/smol")
+    ap.add_argument("--model", default=str(ROOT / "cache" / "models" / "smollm2-135m"))
     ap.add_argument("--hparams-dir", default=str(ROOT / "configs" / "methods"))
     ap.add_argument("--counterfact", default="/work/shared/data/counterfact/counterfact_filtered.json")
     ap.add_argument("--corpus", default="/work/shared/data/wikitext2_tokenized/valid.txt")
@@ -119,8 +145,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--cov-compare", action="store_true",
+                    help="time one pass for all needed layers against single-layer passes, then stop")
+    ap.add_argument("--cov-single", type=int, nargs="*", help="layers timed alone by --cov-compare (default: the deepest)")
+    ap.add_argument("--json", help="write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if args.worker:
         print(json.dumps(worker(args)), flush=True)
@@ -132,6 +164,11 @@ def main(argv: list[str] | None = None) -> None:
         hp = load_hparams(Path(args.hparams_dir) / name / "llama.yaml", method.Hparams)
         if hasattr(method, "stats_layers"):
             needed |= set(method.stats_layers(hp, None))
+    if args.cov_compare:
+        result = compare_second_moments(args, sorted(needed))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        return
     ensure_second_moments(args, sorted(needed))
 
     rows = []
@@ -140,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2, default=str) + "\n")
     print(f"\n{'method':10} {'batch':>5} {'s/edit':>7} {'cpu s':>7} {'efficacy':>8} {'paraphr':>8} {'neighb':>7} {'peak MB':>8} {'load':>5}")
     for r in rows:
         print(f"{r['method']:10} {r['batch']:5d} {r['median_seconds_per_edit']:7.2f} {r['median_cpu_seconds_per_edit']:7.2f} {r['efficacy']:8.3f} "

@@ -21,6 +21,7 @@ printed together.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -101,11 +102,14 @@ def timed(fn):
     return result, time.perf_counter() - t0, time.process_time() - c0
 
 
-def bench_method(name: str, model, tokenizer, train_reqs, edits, work: Path, reuse: bool = False) -> dict:
+def bench_method(name: str, model, tokenizer, train_reqs, edits, work: Path, reuse: bool = False,
+                 overrides: dict | None = None) -> dict:
     method = load_method(name)
     family = facts_for(model).family
     hp_path = ROOT / "configs" / "methods" / name / f"{family}.yaml"
     hparams = load_hparams(hp_path, method.Hparams)
+    if overrides:  # a reduced setting for a slow machine (recorded in the result)
+        hparams = dataclasses.replace(hparams, **overrides)
     out_dir = work / name
     record = out_dir / "bench_training.json"
     if reuse and record.exists():
@@ -114,7 +118,8 @@ def bench_method(name: str, model, tokenizer, train_reqs, edits, work: Path, reu
     else:
         print(f"[{name}] training on {len(train_reqs)} requests with {hp_path.relative_to(ROOT)}", file=sys.stderr)
         summary, train_wall, train_cpu = timed(lambda: method.train(model, tokenizer, train_reqs, hparams, out_dir, seed=0))
-        result = {"method": name, "hparams": str(hp_path.relative_to(ROOT)), "train_wall_s": train_wall,
+        result = {"method": name, "hparams": str(hp_path.relative_to(ROOT)), "overrides": overrides or {},
+                  "train_requests": len(train_reqs), "train_wall_s": train_wall,
                   "train_cpu_s": train_cpu, "train_summary": summary, "load_after_training": os.getloadavg()}
         record.write_text(json.dumps(result, indent=2, default=str) + "\n")
     ctx = EditContext(facts=facts_for(model), covariance=lambda layer: None, artifacts={"trained_dir": str(out_dir)})
@@ -134,12 +139,16 @@ def bench_method(name: str, model, tokenizer, train_reqs, edits, work: Path, reu
         single_cpu.append(cpu)
         single_scores += score_with(update, [r])
     result["instance"] = {"median_s_per_edit": statistics.median(single_secs),
-                          "median_cpu_s_per_edit": statistics.median(single_cpu), **average(single_scores)}
+                          "median_cpu_s_per_edit": statistics.median(single_cpu), **average(single_scores),
+                          "efficacy_count": sum(s["efficacy"] for s in single_scores), "load": os.getloadavg(),
+                          "peak_rss_mib_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     ctx.state = {}
     if method.SUPPORTS_BATCH:
         update, wall, cpu = timed(lambda: method.apply(model, tokenizer, edits, hparams, ctx))
         result["batch"] = {"batch_size": len(edits), "s_per_edit": wall / len(edits), "cpu_s_per_edit": cpu / len(edits),
-                           **average(score_with(update, edits))}
+                           "batch_wall_s": wall, "batch_cpu_s": cpu, **average(score_with(update, edits)),
+                           "load": os.getloadavg(),
+                           "peak_rss_mib_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     print(f"[{name}] {json.dumps({k: result[k] for k in ('train_wall_s', 'instance')}, default=str)}", file=sys.stderr)
     return result
 
@@ -155,18 +164,23 @@ def main(argv=None) -> None:
     ap.add_argument("--work", default="/tmp/bench_trained_methods")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--reuse", action="store_true", help="reuse a training already recorded under --work")
+    ap.add_argument("--train-n", type=int, help="reduced setting: train on the first N training requests only")
+    ap.add_argument("--max-iters", type=int, help="reduced setting: override the hparams' max_iters")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, "cpu")
-    train_reqs = load_requests("zsre_mend", Path(args.train))
+    train_reqs = load_requests("zsre_mend", Path(args.train), args.train_n)
     edits = load_requests("counterfact_rome", Path(args.counterfact), args.n)
     baseline = average([counterfact_scores(model, tokenizer, r) for r in edits])
     results = {"model": args.model, "threads": args.threads, "n_edits": len(edits), "unedited": baseline,
                "load_at_start": os.getloadavg(), "methods": []}
     for name in args.methods:
-        results["methods"].append(bench_method(name, model, tokenizer, train_reqs, edits, Path(args.work), args.reuse))
+        results["methods"].append(bench_method(name, model, tokenizer, train_reqs, edits, Path(args.work), args.reuse,
+                                                   {"max_iters": args.max_iters} if args.max_iters else None))
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["load_at_end"] = os.getloadavg()
+    results["versions"] = {"torch": torch.__version__, "python": sys.version.split()[0]}
     text = json.dumps(results, indent=2, default=str)
     print(text)
     if args.json:
