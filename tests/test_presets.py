@@ -11,10 +11,6 @@ corpus format the presets' covariance statistics read.
 
 import copy
 import json
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,9 +20,8 @@ from editharm.config import ConfigError, hparams_path, validate_config
 from editharm.evaluate.tasks import suite
 from editharm.methods import load_method
 from editharm.plan import Chain, chain_checkpoints, chains, edit_set_size, models_in_use, previous_checkpoint
+from test_workflow import ROOT, _planned_jobs, _snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 PRESETS = ["gu2024", "li2024"]
 
 
@@ -37,29 +32,6 @@ def _load(preset: str) -> dict:
 @pytest.fixture
 def in_root(monkeypatch):
     monkeypatch.chdir(ROOT)  # hyperparameter paths in the presets are relative to the repository
-
-
-def _snakemake(workdir: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile", str(config),
-           "--cores", "2", *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-
-
-def _planned_jobs(output: str) -> dict[str, int]:
-    """Rule -> job count from a dry run's 'Job stats' table."""
-    jobs: dict[str, int] = {}
-    lines = output.splitlines()
-    for i, line in enumerate(lines):
-        if line.strip().startswith("Job stats"):
-            for row in lines[i + 3:]:
-                match = re.match(r"^(\w+)\s+(\d+)$", row.strip())
-                if not match:
-                    break
-                if match.group(1) != "total":
-                    jobs[match.group(1)] = int(match.group(2))
-            break
-    return jobs
 
 
 def _expected(config: dict) -> dict[str, int]:
