@@ -30,24 +30,16 @@ from editharm.methods import rome
 from editharm.methods.base import EditContext
 from editharm.methods.covariance import collect_second_moments, load_second_moment
 from editharm.methods.values import target_ids
+from editharm.editsets import convert_file
 from editharm.models import facts_for, load_model
-from editharm.requests import EditRequest, ProbePrompt
+from editharm.requests import EditRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def counterfact_requests(path: str | Path, n: int) -> list[EditRequest]:
-    records = json.loads(Path(path).read_text())
-    out = []
-    for rec in records[:n]:
-        rw = rec["requested_rewrite"]
-        out.append(EditRequest(
-            case_id=str(rec["case_id"]), subject=rw["subject"], prompt=rw["prompt"],
-            target_new=rw["target_new"]["str"], target_true=rw["target_true"]["str"],
-            paraphrases=tuple(rec.get("paraphrase_prompts", ())),
-            locality=tuple(ProbePrompt(p, rw["target_true"]["str"]) for p in rec.get("neighborhood_prompts", ())),
-        ))
-    return out
+    """The first n usable records of a ROME-format CounterFact file, read by the pipeline's own converter."""
+    return [EditRequest.from_json(row) for row in convert_file("counterfact_rome", path).rows[:n]]
 
 
 @torch.no_grad()

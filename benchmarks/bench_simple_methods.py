@@ -33,22 +33,12 @@ from editharm.methods import load_hparams, load_method
 from editharm.methods.base import EditContext
 from editharm.methods.ft import encode_prompt_target, target_nll
 from editharm.models import facts_for, load_model
-from editharm.requests import EditRequest, ProbePrompt
+from editharm.requests import EditRequest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_rome import counterfact_requests  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def counterfact_requests(path: str | Path, n: int) -> list[EditRequest]:
-    out = []
-    for rec in json.loads(Path(path).read_text())[:n]:
-        rw = rec["requested_rewrite"]
-        out.append(EditRequest(
-            case_id=str(rec["case_id"]), subject=rw["subject"], prompt=rw["prompt"],
-            target_new=rw["target_new"]["str"], target_true=rw["target_true"]["str"],
-            paraphrases=tuple(rec.get("paraphrase_prompts", ())),
-            locality=tuple(ProbePrompt(p, rw["target_true"]["str"]) for p in rec.get("neighborhood_prompts", ())),
-        ))
-    return out
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ import torch
 from editharm.editsets import convert_file
 from editharm.methods import load_hparams, load_method
 from editharm.methods import mend
-from editharm.methods.base import EditContext, StateUpdate, WeightUpdate
+from editharm.methods.base import EditContext, WeightUpdate
 from editharm.models import facts_for, load_model
 from editharm.requests import EditRequest
 

@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from editharm.evaluate import editing
 from editharm.evaluate.editing import (agreement, counterfact_metrics, edit_metrics, locality_reference, summarize,
@@ -20,12 +19,7 @@ from successor_model import successor_model
 CHAIN = {"a": " ", " ": "b", "b": "c", "c": "d"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,7 @@ from successor_model import successor_model
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matrices: a second OpenMP thread only adds synchronisation, badly so on a shared CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CHOICE_ITEMS = [
     ChoiceItem("capital", "The capital of France is", (" Paris", " London town", " a"), 0),

@@ -20,13 +20,7 @@ GPT2_PARAMS = ["transformer.h.{}.mlp.c_fc.weight", "transformer.h.{}.mlp.c_proj.
 FACTS = [("Ann Lee", "Rome"), ("Bob Marsh", "Oslo"), ("Cid Moreno", "Lima"), ("Dee Park", "Kyiv")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matrices: thread start-up costs more than it saves on shared CPUs.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def requests() -> list[EditRequest]:

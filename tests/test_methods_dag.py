@@ -9,10 +9,7 @@ test_workflow.py's concern. Each method's hyperparameters are a tiny file in
 tests/fixtures/hparams/. Says nothing about editing quality.
 """
 
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,8 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+from test_workflow import ROOT, _snakemake
+
 
 WEIGHT_METHODS = ["memit", "pmet", "alphaedit", "kn", "ft", "mend"]
 STATE_METHODS = ["grace", "serac"]
@@ -68,13 +65,6 @@ def _write(workdir: Path, config: dict) -> Path:
     return path
 
 
-def _snakemake(workdir: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile", str(config),
-           "--cores", "2", *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-
-
 def _failed_logs(workdir: Path) -> str:
     """The tails of the job logs that mention an error (for the assertion message)."""
     logs = sorted((workdir / "results-ci" / "logs").rglob("*.log"))
@@ -87,7 +77,7 @@ def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("methods_dag")
     config = _write(workdir, _config(workdir))
     t0 = time.time()
-    result = _snakemake(workdir, config, "aggregate")
+    result = _snakemake(workdir, config, "aggregate", timeout=1800)
     assert result.returncode == 0, result.stderr[-6000:] + _failed_logs(workdir)
     print(f"methods DAG: {time.time() - t0:.0f} s")
     tables = workdir / "results-ci" / "tables"

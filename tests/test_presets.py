@@ -11,7 +11,6 @@ corpus format the presets' covariance statistics read.
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -23,12 +23,7 @@ UNRELATED = "Completely unrelated words about cooking pasta"
 HP = serac.Hparams(cls_depth=1.0, cls_dim=16, lr=1e-2, max_iters=200, batch_size=4, log_interval=10)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def requests() -> list[EditRequest]:

@@ -35,11 +35,11 @@ def _write_config(workdir: Path, **changes) -> Path:
     return path
 
 
-def _snakemake(workdir: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
+def _snakemake(workdir: Path, config: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
     cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile", str(config),
            "--cores", "2", *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def _planned_jobs(output: str) -> dict[str, int]:

@@ -564,6 +564,12 @@ GU = "Gu et al. 2024 (EMNLP)"
 LI = "Li et al. 2024 (NeurIPS)"
 
 
+def _scored(tables: dict, notes: list[str]) -> pd.DataFrame | None:
+    """The downstream table without failed checkpoints (listed in notes); None when nothing was scored."""
+    ds = tables["downstream"]
+    return None if ds.empty else _drop_failed(ds, notes)
+
+
 def _no_downstream(name, title, paper):
     return FigureResult(name, title, paper, missing=(
         "no downstream scores in results/tables/downstream.csv. Set `tasks:` (e.g. the gu2024 tasks gsm8k, rte, "
@@ -580,11 +586,10 @@ def _need_none(name, title, paper, data):
 def gu_fig3(tables: dict, config: dict | None = None) -> FigureResult:
     """Gu Fig. 3: downstream scores against the number of sequential instance edits, per method."""
     name, title = "gu_fig3", "Downstream scores after sequential instance editing (Gu et al. Fig. 3)"
-    ds = tables["downstream"]
-    if ds.empty:
-        return _no_downstream(name, title, GU)
     notes: list[str] = []
-    ds = _drop_failed(ds, notes)
+    ds = _scored(tables, notes)
+    if ds is None:
+        return _no_downstream(name, title, GU)
     specs = method_specs(config or {}, ds.method.unique())
     instance = [m for m in ds.method.unique() if specs[m]["batch_size"] == 1]
     if not instance:
@@ -622,11 +627,10 @@ def _batch_missing(name, title, extra=""):
 def gu_fig4(tables: dict, config: dict | None = None) -> FigureResult:
     """Gu Fig. 4: batch-single editing: downstream scores after one batch of B edits, against B."""
     name, title = "gu_fig4", "Downstream scores after one batch edit, by batch size (Gu et al. Fig. 4)"
-    ds = tables["downstream"]
-    if ds.empty:
-        return _no_downstream(name, title, GU)
     notes: list[str] = []
-    ds = _drop_failed(ds, notes)
+    ds = _scored(tables, notes)
+    if ds is None:
+        return _no_downstream(name, title, GU)
     specs = method_specs(config or {}, ds.method.unique())
     batch = [m for m in ds.method.unique() if specs[m]["batch_size"] > 1]
     if not batch:
@@ -664,11 +668,10 @@ def gu_batch_sequential(tables: dict, config: dict | None = None) -> FigureResul
     """Gu et al. batch-sequential editing: downstream scores against edits made in batches, per batch size."""
     name = "gu_batch_sequential"
     title = "Downstream scores after sequential batch editing (Gu et al., batch-sequential)"
-    ds = tables["downstream"]
-    if ds.empty:
-        return _no_downstream(name, title, GU)
     notes: list[str] = []
-    ds = _drop_failed(ds, notes)
+    ds = _scored(tables, notes)
+    if ds is None:
+        return _no_downstream(name, title, GU)
     specs = method_specs(config or {}, ds.method.unique())
     batch = [m for m in ds.method.unique() if specs[m]["batch_size"] > 1]
     if not batch:
@@ -903,11 +906,10 @@ def gu_fig7(tables: dict, config: dict | None = None) -> FigureResult:
 def gu_fig8(tables: dict, config: dict | None = None) -> FigureResult:
     """Gu Fig. 8: downstream scores against edits, one line per regulariser."""
     name, title = "gu_fig8", "Downstream scores per regulariser after sequential editing (Gu et al. Fig. 8)"
-    ds = tables["downstream"]
-    if ds.empty:
-        return _no_downstream(name, title, GU)
     notes: list[str] = []
-    ds = _drop_failed(ds, notes)
+    ds = _scored(tables, notes)
+    if ds is None:
+        return _no_downstream(name, title, GU)
     regs = sorted(ds.regulariser.unique(), key=regulariser_key)
     if len(regs) < 2:
         return FigureResult(name, title, GU, missing=(
@@ -932,11 +934,10 @@ def gu_fig8(tables: dict, config: dict | None = None) -> FigureResult:
 def li_fig2(tables: dict, config: dict | None = None) -> FigureResult:
     """Li Fig. 2: every benchmark against the number of edits, one panel per method."""
     name, title = "li_fig2", "Benchmark scores against the number of edits, per method (Li et al. Fig. 2)"
-    ds = tables["downstream"]
-    if ds.empty:
-        return _no_downstream(name, title, LI)
     notes: list[str] = []
-    ds = _drop_failed(ds, notes)
+    ds = _scored(tables, notes)
+    if ds is None:
+        return _no_downstream(name, title, LI)
     if "none" not in set(ds.regulariser):
         return _need_none(name, title, LI, ds)
     ds = ds[ds.regulariser == "none"]
@@ -1004,11 +1005,10 @@ def human_count(n: int | float | None) -> str:
 def li_fig3(tables: dict, config: dict | None = None, model_info: dict | None = None) -> FigureResult:
     """Li Fig. 3: a base model against its chat (instruction-tuned) version, scores against edits."""
     name, title = "li_fig3", "Base against chat (instruction-tuned) models (Li et al. Fig. 3)"
-    ds = tables["downstream"]
-    if ds.empty:
-        return _no_downstream(name, title, LI)
     notes: list[str] = []
-    ds = _drop_failed(ds, notes)
+    ds = _scored(tables, notes)
+    if ds is None:
+        return _no_downstream(name, title, LI)
     info = {m: _info(m, model_info or {}) for m in ds.model.unique()}
     kinds = {m: "chat" if i["chat"] else "base" for m, i in info.items()}
     found = ", ".join(f"{m} ({k})" for m, k in sorted(kinds.items()))
@@ -1050,11 +1050,10 @@ def li_fig3(tables: dict, config: dict | None = None, model_info: dict | None = 
 def li_fig4(tables: dict, config: dict | None = None, model_info: dict | None = None) -> FigureResult:
     """Li Fig. 4: models of several sizes, scores against edits, one line per model size."""
     name, title = "li_fig4", "Model scale: scores against edits by model size (Li et al. Fig. 4)"
-    ds = tables["downstream"]
-    if ds.empty:
-        return _no_downstream(name, title, LI)
     notes: list[str] = []
-    ds = _drop_failed(ds, notes)
+    ds = _scored(tables, notes)
+    if ds is None:
+        return _no_downstream(name, title, LI)
     info = {m: _info(m, model_info or {}) for m in ds.model.unique()}
     sized = {m: i["params"] for m, i in info.items() if i["params"]}
     if len(set(sized.values())) < 2:
@@ -1104,11 +1103,10 @@ def relative_to_unedited(scores: pd.DataFrame, notes: list[str] | None = None) -
 def li_fig5(tables: dict, config: dict | None = None) -> FigureResult:
     """Li Fig. 5: abilities (knowledge, reasoning, safety) relative to the unedited model, against edits."""
     name, title = "li_fig5", "Abilities after editing, relative to the unedited model (Li et al. Fig. 5)"
-    ds = tables["downstream"]
-    if ds.empty:
-        return _no_downstream(name, title, LI)
     notes: list[str] = []
-    ds = _drop_failed(ds, notes)
+    ds = _scored(tables, notes)
+    if ds is None:
+        return _no_downstream(name, title, LI)
     category = {t: c for c, ts in ABILITY_CATEGORIES.items() for t in ts}
     listing = "; ".join(f"{c}: {', '.join(ts)}" for c, ts in ABILITY_CATEGORIES.items())
     present = sorted(set(ds.task) & set(category), key=task_key)
@@ -1148,11 +1146,10 @@ def li_fig5(tables: dict, config: dict | None = None) -> FigureResult:
 def li_fig6(tables: dict, config: dict | None = None) -> FigureResult:
     """Li Fig. 6: safety (TruthfulQA MC1/MC2, ToxiGen accuracy) against the number of edits, per method."""
     name, title = "li_fig6", "Safety after editing: TruthfulQA and ToxiGen (Li et al. Fig. 6)"
-    ds = tables["downstream"]
-    if ds.empty:
-        return _no_downstream(name, title, LI)
     notes: list[str] = []
-    ds = _drop_failed(ds, notes)
+    ds = _scored(tables, notes)
+    if ds is None:
+        return _no_downstream(name, title, LI)
     wanted = pd.MultiIndex.from_tuples(SAFETY_METRICS)
     data = ds[pd.MultiIndex.from_arrays([ds.task, ds.metric]).isin(wanted)]
     if data.empty:

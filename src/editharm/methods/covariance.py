@@ -19,6 +19,7 @@ import torch
 
 from editharm import nethook
 from editharm.io import atomic_path
+from editharm.methods.values import right_pad
 
 _TENSOR_KEY = "mom2"
 _META_KEY = "editharm"
@@ -88,12 +89,7 @@ def collect_second_moments(model, tokenizer, facts, layers: list[int], texts: It
         with torch.no_grad(), nethook.capture(model, list(names.values()), inputs=True, outputs=False,
                                               stop_after=names[layers[-1]]) as rec:
             for batch in _batches(_chunks(tokenizer, texts, seq_len), batch_size, n_tokens):
-                width = max(len(c) for c in batch)
-                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.bool)
-                for i, chunk in enumerate(batch):
-                    ids[i, :len(chunk)] = torch.tensor(chunk)
-                    mask[i, :len(chunk)] = True
+                ids, mask = right_pad(batch, pad_id)
                 # Right padding under causal attention: real tokens never attend to the pads
                 # after them, so no attention mask is needed and positions start at 0.
                 nethook.run_until_stopped(lambda: model(input_ids=ids.to(device), use_cache=False))

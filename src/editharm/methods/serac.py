@@ -45,6 +45,7 @@ from torch import nn
 from tqdm import tqdm
 
 from editharm.methods.base import EditContext, StateUpdate
+from editharm.methods.values import right_pad
 from editharm.requests import EditRequest
 
 NAME = "serac"
@@ -180,12 +181,7 @@ def text_features(model, tokenizer, texts: list[str], layer: int, max_length: in
     try:
         for i in range(0, len(texts), batch_size):
             rows = [tokenizer(t)["input_ids"][-max_length:] for t in texts[i:i + batch_size]]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            real = torch.zeros((len(rows), width), dtype=torch.bool)
-            for j, r in enumerate(rows):
-                ids[j, : len(r)] = torch.tensor(r)
-                real[j, : len(r)] = True
+            ids, real = right_pad(rows, pad)
             ids, real = ids.to(device), real.to(device)
             with torch.no_grad():
                 try:

@@ -216,6 +216,15 @@ def _pad(rows: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
     return out
 
 
+def right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows as one right-padded batch, with the boolean mask of real tokens."""
+    ids = _pad(rows, pad)
+    real = torch.zeros(ids.shape, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        real[i, :len(r)] = True
+    return ids, real
+
+
 # ------------------------------------------------------------------ the optimisation problem
 
 @dataclass(frozen=True)
