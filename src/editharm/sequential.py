@@ -19,11 +19,12 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from editharm.checkpoint import check_finite, load_checkpoint, save_checkpoint, write_tensors
+from editharm.checkpoint import load_checkpoint, save_checkpoint, write_tensors
 from editharm.io import provenance, read_json, write_json, write_jsonl, read_jsonl
 from editharm.methods.base import EditContext, StateUpdate, WeightUpdate
-from editharm.regularize import apply_regulariser, derive_seed, parse_regulariser
+from editharm.regularize import parse_regulariser
 from editharm.requests import EditRequest
+from editharm.updates import apply_weight_update
 
 
 @dataclass
@@ -83,19 +84,9 @@ def run_segment(model, tokenizer, method, hparams, context: EditContext, spec: S
         update = method.apply(model, tokenizer, batch, hparams, context)
         reg_info: dict[str, Any] = {}
         if isinstance(update, WeightUpdate):
-            with torch.no_grad():
-                for name in sorted(update.deltas):
-                    param = model.get_parameter(name)
-                    delta = update.deltas[name].to(param.device, torch.float32)
-                    where = f"edit {edit_index} (request {batch[0].case_id})"
-                    check_finite(name, delta, where + " before regularisation")
-                    delta, info = apply_regulariser(regulariser, delta, param.detach().float(),
-                                                    seed=derive_seed(spec.seed, edit_index, name))
-                    new_value = param.detach().float() + delta
-                    check_finite(name, new_value, where)
-                    param.copy_(new_value.to(param.dtype))
-                    names.add(name)
-                    reg_info[name] = info
+            reg_info = apply_weight_update(model, update, regulariser, spec.seed, edit_index,
+                                           where=f"edit {edit_index} (request {batch[0].case_id})")
+            names |= set(reg_info)
         elif isinstance(update, StateUpdate):
             context.state = update.state
         else:
