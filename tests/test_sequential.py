@@ -80,4 +80,4 @@ def test_interrupted_segment_resumes_where_it_stopped(tmp_path):
     straight, _ = _run(tmp_path / "straight", _fake_method([]))
     name = "model.layers.1.mlp.down_proj.weight"
     assert torch.equal(resumed.get_parameter(name), straight.get_parameter(name))
-    assert not (tmp_path / "n4.partial").exists()
+    assert not (tmp_path / "n4.partial.safetensors").exists(), "the partial save goes once the checkpoint exists"

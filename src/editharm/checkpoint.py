@@ -8,16 +8,20 @@ in the same safetensors file under "state::", and JSON values stored in the meta
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from editharm.io import atomic_path, read_json, write_json
+from editharm.io import DataError, atomic_path, json_text, read_json, write_json
 
 PARAM_PREFIX = "param::"
 STATE_PREFIX = "state::"
+EXTRA_PREFIX = "extra::"
+BUNDLE_KEY = "editharm_bundle"
 
 
 class NonFiniteWeightsError(RuntimeError):
@@ -33,11 +37,12 @@ def check_finite(name: str, tensor: torch.Tensor, where: str) -> None:
         )
 
 
-def save_checkpoint(tensors_path: str | Path, meta_path: str | Path, tensors: dict[str, torch.Tensor],
-                    state: dict[str, Any], meta: dict[str, Any]) -> None:
+def _flatten(tensors: dict[str, torch.Tensor], state: dict[str, Any], where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Touched tensors and the tensor part of the method state as one safetensors dict; the
+    rest of the state (plain JSON values) is returned separately."""
     flat: dict[str, torch.Tensor] = {}
     for name, value in tensors.items():
-        check_finite(name, value, str(tensors_path))
+        check_finite(name, value, where)
         flat[PARAM_PREFIX + name] = value.detach().to("cpu").contiguous()
     json_state = {}
     for key, value in state.items():
@@ -45,18 +50,59 @@ def save_checkpoint(tensors_path: str | Path, meta_path: str | Path, tensors: di
             flat[STATE_PREFIX + key] = value.detach().to("cpu").contiguous()
         else:
             json_state[key] = value
+    return flat, json_state
+
+
+def _unflatten(flat: dict[str, torch.Tensor], json_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {k[len(PARAM_PREFIX):]: v for k, v in flat.items() if k.startswith(PARAM_PREFIX)}
+    state: dict[str, Any] = dict(json_state)
+    state.update({k[len(STATE_PREFIX):]: v for k, v in flat.items() if k.startswith(STATE_PREFIX)})
+    return tensors, state
+
+
+def save_checkpoint(tensors_path: str | Path, meta_path: str | Path, tensors: dict[str, torch.Tensor],
+                    state: dict[str, Any], meta: dict[str, Any]) -> None:
+    flat, json_state = _flatten(tensors, state, str(tensors_path))
     with atomic_path(tensors_path) as tmp:
         save_file(flat, str(tmp))
-    write_json(meta_path, {**meta, "state_json": json_state, "touched_tensors": sorted(tensors)})
+    write_json(meta_path, {**meta, "state_json": json_state, "touched_tensors": sorted(tensors)}, strict=True)
 
 
 def load_checkpoint(tensors_path: str | Path, meta_path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     flat = load_file(str(tensors_path))
     meta = read_json(meta_path)
-    tensors = {k[len(PARAM_PREFIX):]: v for k, v in flat.items() if k.startswith(PARAM_PREFIX)}
-    state: dict[str, Any] = dict(meta.get("state_json", {}))
-    state.update({k[len(STATE_PREFIX):]: v for k, v in flat.items() if k.startswith(STATE_PREFIX)})
+    tensors, state = _unflatten(flat, meta.get("state_json", {}))
     return tensors, state, meta
+
+
+def save_bundle(path: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any], record: dict[str, Any],
+                extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Tensors, method state, a JSON `record` and `extra_tensors` in ONE file, written atomically.
+
+    A resumable partial save must change as a unit: with tensors, log and progress in
+    separate files, a kill between two writes pairs new weights with an old progress count
+    and the resumed run applies edits twice. One file moved into place by os.replace is
+    either the old state or the new one, never a mix.
+    """
+    flat, json_state = _flatten(tensors, state, str(path))
+    for key, value in (extra_tensors or {}).items():
+        flat[EXTRA_PREFIX + key] = value.detach().to("cpu").contiguous()
+    header = json_text({"state_json": json_state, "record": record}, path)
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata={BUNDLE_KEY: header})
+
+
+def load_bundle(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+    """(tensors, state, record, extra_tensors) of a file written by save_bundle."""
+    with safe_open(str(path), framework="pt") as f:
+        header = (f.metadata() or {}).get(BUNDLE_KEY)
+        flat = {k: f.get_tensor(k) for k in f.keys()}
+    if header is None:
+        raise DataError(f"{path}: not a bundle written by editharm.checkpoint.save_bundle (no {BUNDLE_KEY!r} metadata); delete it.")
+    parsed = json.loads(header)
+    tensors, state = _unflatten(flat, parsed["state_json"])
+    extra = {k[len(EXTRA_PREFIX):]: v for k, v in flat.items() if k.startswith(EXTRA_PREFIX)}
+    return tensors, state, parsed["record"], extra
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import socket
@@ -49,8 +50,44 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+def write_json(path: str | os.PathLike, obj: Any, *, strict: bool = False) -> None:
+    """Write `obj` as JSON. strict=True refuses NaN/Infinity (which Python writes but no other
+    JSON parser reads); weight statistics may legitimately hold +inf, so it is opt-in here."""
+    write_text(path, json_text(obj, path, indent=2) if strict else
+               json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def json_text(obj: Any, where: str | os.PathLike, indent: int | None = None) -> str:
+    """`obj` as standard JSON (no NaN/Infinity); a non-finite number raises DataError naming
+    `where` and the key that holds it, so a diverged value fails loudly instead of being logged."""
+    try:
+        return json.dumps(obj, indent=indent, sort_keys=True, default=_json_default, allow_nan=False) + (
+            "\n" if indent is not None else "")
+    except ValueError as e:
+        if "JSON compliant" not in str(e):
+            raise
+        raise DataError(
+            f"{where}: refusing to write the non-finite number at {_nonfinite_key(obj) or '(a converted value)'}: "
+            "NaN/Infinity is not valid JSON, and in a result it means a computation diverged. "
+            "Find why it is not finite (e.g. a learning rate too large) instead of writing it."
+        ) from e
+
+
+def _nonfinite_key(obj: Any, prefix: str = "") -> str | None:
+    """Path (e.g. `rows[3].loss`) to the first NaN/Inf float inside nested dicts and lists."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (prefix or "(top level)")
+    if isinstance(obj, dict):
+        items = ((f"{prefix}.{k}" if prefix else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{prefix}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for key, value in items:
+        found = _nonfinite_key(value, key)
+        if found:
+            return found
+    return None
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -62,10 +99,11 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
+    """One JSON object per line; every line is standard JSON (a NaN/Inf raises DataError)."""
     n = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row, sort_keys=True, default=_json_default) + "\n")
+            f.write(json_text(row, f"{path}, line {n + 1}") + "\n")
             n += 1
     return n
 

@@ -2,15 +2,20 @@
 
 Each edit operation (one request, or a batch for batch editing) asks the method for an
 update; weight updates are regularised per tensor, checked for NaN/Inf and added to the
-model. Progress is saved every `resume_every` operations to a `.partial` folder next
-to the output, so an interrupted segment resumes where it stopped.
+model. Progress is saved every `resume_every` operations to ONE file next to the output
+folder (`<out>.partial.safetensors`: tensors, method state, edit log, operation count and
+RNG state, replaced atomically), so an interrupted segment resumes where it stopped and
+ends bit-identical to an uninterrupted run, wherever the interruption fell.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,8 +24,8 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from editharm.checkpoint import load_checkpoint, save_checkpoint, write_tensors
-from editharm.io import provenance, read_json, write_json, write_jsonl, read_jsonl
+from editharm.checkpoint import load_bundle, save_bundle, save_checkpoint, write_tensors
+from editharm.io import provenance, write_jsonl
 from editharm.methods.base import EditContext, StateUpdate, WeightUpdate
 from editharm.regularize import parse_regulariser
 from editharm.requests import EditRequest
@@ -57,22 +62,29 @@ def run_segment(model, tokenizer, method, hparams, context: EditContext, spec: S
     model); the checkpoint stores their current values plus those this segment changes.
     """
     regulariser = parse_regulariser(spec.regulariser)
-    partial_dir = Path(out_tensors).parent.with_name(Path(out_tensors).parent.name + ".partial")
+    partial = partial_path(out_tensors)
+    legacy_partial = partial.with_name(Path(out_tensors).parent.name + ".partial")
+    if legacy_partial.is_dir():  # the former three-file layout, whose files could disagree: never trusted
+        shutil.rmtree(legacy_partial)
     fingerprint = _fingerprint(spec)
     ops = _operations(spec.requests, spec.batch_size)
     log: list[dict] = []
     start_op = 0
     names = set(touched)
-    progress_file = partial_dir / "progress.json"
-    if progress_file.exists() and read_json(progress_file).get("fingerprint") == fingerprint:
-        tensors, state, _ = load_checkpoint(partial_dir / "checkpoint.safetensors", partial_dir / "checkpoint.json")
-        write_tensors(model, tensors)
-        names |= set(tensors)
-        context.state = state
-        log = read_jsonl(partial_dir / "edit_log.jsonl")
-        start_op = read_json(progress_file)["operations_done"]
-    elif partial_dir.exists():
-        shutil.rmtree(partial_dir)
+    if partial.exists():
+        tensors, state, record, rng = load_bundle(partial)
+        if record.get("fingerprint") == fingerprint:
+            write_tensors(model, tensors)
+            names |= set(tensors)
+            context.state = state
+            log = record["log"]
+            start_op = record["operations_done"]
+            _restore_rng(rng, record["python_rng"])
+            print(f"resuming {partial} after {start_op} of {len(ops)} operations", file=sys.stderr)
+        else:
+            print(f"discarding {partial}: it was made from other inputs (hparams, code, model, statistics or "
+                  "earlier checkpoint); the segment starts over", file=sys.stderr)
+            partial.unlink()
 
     seg_start = time.time()
     bar = tqdm(total=len(ops), initial=start_op, desc=f"editing {spec.first_index}->{spec.first_index + len(spec.requests)}",
@@ -82,6 +94,7 @@ def run_segment(model, tokenizer, method, hparams, context: EditContext, spec: S
         edit_index = spec.first_index + op_index * spec.batch_size
         t0 = time.perf_counter()
         update = method.apply(model, tokenizer, batch, hparams, context)
+        check_finite_info(update.info, f"edit {edit_index} (request {batch[0].case_id}) by method {method.NAME}")
         reg_info: dict[str, Any] = {}
         if isinstance(update, WeightUpdate):
             reg_info = apply_weight_update(model, update, regulariser, spec.seed, edit_index,
@@ -100,9 +113,9 @@ def run_segment(model, tokenizer, method, hparams, context: EditContext, spec: S
         bar.update(1)
         done = op_index + 1
         if done % spec.resume_every == 0 and done < len(ops):
-            _save(model, names, context.state, partial_dir / "checkpoint.safetensors", partial_dir / "checkpoint.json",
-                  {"partial": True}, partial_dir / "edit_log.jsonl", log)
-            write_json(progress_file, {"fingerprint": fingerprint, "operations_done": done})
+            rng, python_rng = _rng_snapshot()
+            save_bundle(partial, _current_tensors(model, names), context.state,
+                        {"fingerprint": fingerprint, "operations_done": done, "log": log, "python_rng": python_rng}, rng)
     bar.close()
     meta = provenance(
         edits_total=spec.first_index + len(spec.requests), edits_in_segment=len(spec.requests),
@@ -110,16 +123,71 @@ def run_segment(model, tokenizer, method, hparams, context: EditContext, spec: S
         hparams=asdict(hparams), segment_seconds=time.time() - seg_start, fingerprint=fingerprint,
         **{k: v for k, v in spec.fingerprint_parts.items() if k != "hparams"},
     )
-    _save(model, names, context.state, out_tensors, out_meta, meta, out_log, log)
-    if partial_dir.exists():
-        shutil.rmtree(partial_dir)
+    # The three outputs are written one after another; the partial file goes only once all
+    # exist, so a kill in between resumes from it (Snakemake reruns a job whose outputs are incomplete).
+    write_jsonl(out_log, log)
+    save_checkpoint(out_tensors, out_meta, _current_tensors(model, names), context.state, meta)
+    partial.unlink(missing_ok=True)
     return meta
 
 
-def _save(model, names, state, tensors_path, meta_path, meta, log_path, log) -> None:
-    tensors = {name: model.get_parameter(name).detach() for name in sorted(names)}
-    write_jsonl(log_path, log)
-    save_checkpoint(tensors_path, meta_path, tensors, state, meta)
+def partial_path(out_tensors: str | Path) -> Path:
+    """Where the segment writing `out_tensors` keeps its resumable progress (beside its output folder)."""
+    out_dir = Path(out_tensors).parent
+    return out_dir.with_name(out_dir.name + ".partial.safetensors")
+
+
+class DivergedEditError(RuntimeError):
+    """A method reported a non-finite number (loss, norm) for an edit: its optimisation diverged."""
+
+
+def check_finite_info(info: dict, where: str) -> None:
+    """Raise if any number in a method's info (nested lists/dicts, scalar tensors) is NaN/Inf.
+
+    A NaN loss means the value optimisation diverged or never ran (0 steps); the edit's
+    weights are then meaningless even when they happen to be finite.
+    """
+    def walk(value, key):
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                yield key, value
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                yield key, value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                yield from walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                yield from walk(v, f"{key}[{i}]")
+
+    bad = next(walk(info, ""), None)
+    if bad is not None:
+        raise DivergedEditError(
+            f"{where}: the method reports {bad[0]} = {bad[1]}, not a finite number: its optimisation diverged "
+            "or ran no step; nothing was saved. Check the method's hyperparameter file (learning rate, number of steps)."
+        )
+
+
+def _current_tensors(model, names) -> dict[str, torch.Tensor]:
+    return {name: model.get_parameter(name).detach() for name in sorted(names)}
+
+
+def _rng_snapshot() -> tuple[dict[str, torch.Tensor], list]:
+    """The random generators' states, saved with a partial so a resumed run draws the same numbers."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    version, internal, gauss = random.getstate()
+    return tensors, [version, list(internal), gauss]
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor], python_rng: list) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[f"cuda{i}"] for i in range(len(tensors) - 1) if f"cuda{i}" in tensors]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    random.setstate((python_rng[0], tuple(python_rng[1]), python_rng[2]))
 
 
 def _jsonable(info: dict) -> dict:
