@@ -88,15 +88,16 @@ def test_edit_changes_only_the_selected_neurons(family):
     assert neurons, "no knowledge neurons were selected"
     assert set(update.deltas) == {ctx.facts.down_weight_name(layer) for layer, _ in neurons}
     emb = model.get_input_embeddings().weight
-    e_old = emb[split_prompt_target(tok, REQUEST.filled_prompt, REQUEST.target_true)[1]].mean(0)
-    e_new = emb[split_prompt_target(tok, REQUEST.filled_prompt, REQUEST.target_new)[1]].mean(0)
+    prompt_ids, new_ids = split_prompt_target(tok, REQUEST.filled_prompt, REQUEST.target_new)
+    greedy = kn.greedy_continuation(model, prompt_ids, len(new_ids))
+    direction = -1.0 * emb[greedy].sum(0) + 8.0 * emb[new_ids].sum(0)
     for layer in {layer for layer, _ in neurons}:
         name = ctx.facts.down_weight_name(layer)
         delta = ctx.facts.linear_weight(update.deltas[name])                       # [out, in]
         chosen = sorted(i for lj, i in neurons if lj == layer)
         changed = torch.nonzero(delta.abs().sum(0)).flatten().tolist()
         assert changed == chosen
-        torch.testing.assert_close(delta[:, chosen], (-1.0 * e_old + 8.0 * e_new)[:, None].expand(-1, len(chosen)))
+        torch.testing.assert_close(delta[:, chosen], direction[:, None].expand(-1, len(chosen)))
         # adding the update changes those columns and leaves every other element bit-identical
         weight = model.get_parameter(name).detach()
         edited = ctx.facts.linear_weight(weight + update.deltas[name])
@@ -113,3 +114,68 @@ def test_refinement_and_scaling():
     scaled = kn.neuron_update(values, e_old, e_new, 1.0, 2.0, scale_to_value_norm=True)
     # each term rescaled to the value vector's norm (5 and 1) before lambda applies
     torch.testing.assert_close(scaled, torch.tensor([[-5.0, 10.0], [-1.0, 2.0]]))
+
+
+@torch.no_grad()
+def _greedy_by_hand(model, ids, n):
+    out = []
+    for _ in range(n):
+        nxt = int(model(input_ids=torch.tensor([ids + out])).logits[0, -1].argmax())
+        out.append(nxt)
+    return out
+
+
+def test_old_answer_is_the_models_greedy_prediction_not_target_true():
+    """EasyEdit subtracts what the model predicts (argmax), each token with coefficient 1."""
+    model, tok, ctx = _tiny("llama")
+    prompt_ids, new_ids = split_prompt_target(tok, REQUEST.filled_prompt, REQUEST.target_new)
+    _, true_ids = split_prompt_target(tok, REQUEST.filled_prompt, REQUEST.target_true)
+    greedy = _greedy_by_hand(model, prompt_ids, len(new_ids))
+    assert greedy[:len(true_ids)] != true_ids[:len(greedy)]       # the random model does not know the fact
+    assert len(new_ids) > 1                                          # byte tokenizer: " Rome" is 5 tokens
+    hp = kn.Hparams(steps=4, batch_size=8, adaptive_threshold=0.3, lambda_1=1.0, lambda_2=1.0)
+    update = kn.apply(model, tok, [REQUEST], hp, ctx)
+    emb = model.get_input_embeddings().weight
+    direction = -emb[greedy].sum(0) + emb[new_ids].sum(0)            # EasyEdit: `-= oe` / `+= te` per row
+    (layer, neuron), *_ = update.info["neurons"]
+    delta = ctx.facts.linear_weight(update.deltas[ctx.facts.down_weight_name(layer)])
+    torch.testing.assert_close(delta[:, neuron], direction)
+    assert update.info["old_answer_ids"] == greedy
+
+
+def test_old_answer_follows_the_edited_model():
+    """On an already-edited model the old answer is the model's current prediction."""
+    model, tok, ctx = _tiny("llama")
+    prompt_ids, new_ids = split_prompt_target(tok, REQUEST.filled_prompt, REQUEST.target_new)
+    before = kn.greedy_continuation(model, prompt_ids, len(new_ids))
+    with torch.no_grad():                               # make the model say " Rome" after the prompt
+        model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.lm_head.out_features))
+        model.lm_head.bias[new_ids[0]] = 1e4
+    after = kn.greedy_continuation(model, prompt_ids, len(new_ids))
+    assert after[0] == new_ids[0] != before[0]
+    update = kn.apply(model, tok, [REQUEST], kn.Hparams(steps=2, batch_size=8, adaptive_threshold=0.3), ctx)
+    assert update.info["old_answer_ids"] == after
+
+
+def test_one_token_answer_coefficients():
+    """EasyEdit: a one-token new answer subtracts 2 x e(argmax) and adds 1 x e(new); longer ones 1 x each token."""
+    emb = torch.randn(10, 4)
+    hp = kn.Hparams()
+    assert kn.answer_coefficients(hp, 1) == (2.0, 1.0)
+    assert kn.answer_coefficients(hp, 3) == (1.0, 1.0)
+    torch.testing.assert_close(kn.answer_embedding(emb, [2, 5, 5]), emb[2] + 2 * emb[5])
+    values = torch.zeros(1, 4)
+    single = kn.neuron_update(values, kn.answer_embedding(emb, [3]), kn.answer_embedding(emb, [7]),
+                              *kn.answer_coefficients(hp, 1), scale_to_value_norm=False)
+    torch.testing.assert_close(single[0], -2 * emb[3] + emb[7])
+    with pytest.raises(ValueError, match="no tokens"):
+        kn.answer_embedding(emb, [])
+
+
+def test_refinement_keeps_strictly_more_than_p_times_the_prompts():
+    """count == p * n prompts is dropped, as EasyEdit's and the authors' `count > t`."""
+    per_prompt = [[(0, 1), (0, 2)], [(0, 1), (0, 2)], [(0, 1)], []]     # (0,1) in 3 of 4, (0,2) in 2 of 4
+    assert kn.refine_neurons(per_prompt, p=0.5, refine=True) == [(0, 1)]   # t = 2: count 2 is not > 2
+    assert kn.refine_neurons(per_prompt, p=0.0, refine=True) == [(0, 1), (0, 2)]
+    with pytest.raises(ValueError, match=r"p=1.0 must lie in \[0, 1\)"):
+        kn.Hparams(p=1.0)

@@ -1,30 +1,63 @@
 """KN: Knowledge Neurons (Dai et al., ACL 2022), as a fact-updating editor.
 
+Reference: EasyEdit's KN (zjunlp/EasyEdit, easyeditor/models/kn/kn_main.py and
+easyeditor/models/kn/knowledge_neurons/knowledge_neurons/knowledge_neurons.py), a fork of
+the authors' EleutherAI/knowledge-neurons (knowledge_neurons/knowledge_neurons.py).
+
 1. Attribution. For each prompt expressing the fact and each FFN intermediate neuron
    w_i^(l) (an input of layer l's MLP down projection) at the prompt's last token, the
-   integrated gradient of the model's probability of the known answer t:
+   integrated gradient of the model's probability of the known answer t (target_true):
 
        Attr(w_i) = w_i * (1/m) * sum_{k=1..m} dP(k/m * w) / dw_i       (Riemann sum, m = steps)
 
    where the whole layer's activation vector w at that position is scaled from 0 to its
    value (as in the authors' and EasyEdit's code) and every other activation runs
    freely. A multi-token answer is attributed token by token under teacher forcing
-   (prompt + the answer's first j tokens predicts token j) and the scores averaged,
-   which is EasyEdit's treatment of autoregressive models with the answer fed in
-   instead of the model's greedy continuation.
+   (prompt + the answer's first j tokens predicts token j) and the scores averaged.
 2. Coarse neurons per prompt: Attr > t * max Attr (adaptive threshold t).
 3. Refinement over the prompts (the edit prompt, plus its paraphrases with
-   `use_paraphrases`): keep neurons found for at least a fraction p of the prompts
-   (`refine: true`), or the union of all prompts' neurons (`refine: false`, EasyEdit).
-4. Update ("updating facts"): for every kept neuron (l, i), its value vector, column i
-   of W_down^(l) in [out, in] view, becomes
-       v_i - lambda_1 * e(t) + lambda_2 * e(t')
-   with e the word embedding of the old answer t (target_true) and the new t'
-   (target_new); a multi-token answer uses the mean of its tokens' embeddings. With
-   `scale_to_value_norm` each term is first rescaled to ||v_i|| (the authors' code).
+   `use_paraphrases`): keep neurons found in MORE than p * (number of prompts) prompts
+   (`refine: true`; strictly more, as both references: `count > t`), or the union of all
+   prompts' neurons (`refine: false`, EasyEdit's default).
+4. Update ("updating facts", EasyEdit's modify_weights): for every kept neuron (l, i), its
+   value vector, column i of W_down^(l) in [out, in] view, becomes
+
+       v_i - lambda_1 * sum_j e(o_j) + lambda_2 * sum_j e(t'_j)
+
+   t'_1..t'_n are the new answer's tokens (target_new) and o_1..o_n the model's own greedy
+   continuation of the edit prompt, n tokens long: what the model predicts at edit time,
+   not target_true (EasyEdit: `_generate(prompt, target)` -> `argmax_tokens`). Each token
+   enters with its own embedding (EasyEdit loops `-= oe` / `+= te` over the rows), so with
+   lambda 1 a multi-token answer adds the SUM of its embeddings. When the new answer is one
+   token the coefficients are lambda_1_single / lambda_2_single instead: EasyEdit then
+   subtracts 2 x e(o_1) (its `argmax_tokens[0]` is a single id, and the authors' code
+   multiplies by 2) but still adds 1 x e(t'_1) (the target ids are a list, so the row loop
+   runs). With `scale_to_value_norm` each term is first rescaled to ||v_i||.
 
 The method returns that change as a WeightUpdate on the touched layers' down
 projections; every other element of every parameter is left exactly as it was.
+
+Differences from EasyEdit, each on purpose:
+
+- Which activation is a "neuron". EasyEdit hooks the OUTPUT of `mlp.gate_proj` (Llama,
+  Qwen2, Mistral) or `mlp.c_fc` (GPT-2, GPT-J): the pre-activation, before SiLU x up_proj
+  or GELU. Here it is the input of the down projection, the activation that multiplies the
+  value vector the update edits, which is Dai et al.'s definition (their BERT code hooks
+  `intermediate`, whose output is after the GELU). Attributing the gate's pre-activation
+  scores a quantity the update does not act on.
+- The integral's grid. EasyEdit scales by linspace(0, 1, m) (k/(m-1), k = 0..m-1, so
+  m = 1 is the gradient at 0); here k/m, k = 1..m, Dai et al.'s Riemann sum.
+- Multi-token attribution. EasyEdit (Llama) feeds the model's greedy continuation between
+  the answer's tokens, and for GPT-2 (`model_type == "gpt"` never holds) scores every answer
+  token at the prompt's last position; here the answer itself is fed (teacher forcing), so
+  token j is scored where the model would have to produce it.
+- Answer tokens. EasyEdit encodes the bare answer string (`tokenizer.encode(target)`: no
+  leading space, and a BOS for tokenizers that add one, e.g. Llama-2's); here the answer's
+  tokens are those that continue the prompt (`split_prompt_target`: " " + answer, no special
+  tokens), the ids the model actually predicts. The greedy continuation appends token ids;
+  EasyEdit decodes each to text and re-tokenises, which can merge tokens differently.
+- A request without target_true (some zsRE records) is attributed to the model's own greedy
+  first token; EasyEdit refuses such a request.
 
 Speed: scaling the activation at the last position changes nothing before it, so the
 prefix runs once with a KV cache and each (layer, step) row of the integral is a
@@ -55,11 +88,13 @@ class Hparams:
     steps: int = 20                     # m, Riemann steps of the integrated gradient
     batch_size: int = 20                # (layer, step) rows per forward pass
     adaptive_threshold: float = 0.2     # t: coarse neurons have Attr > t * max Attr
-    p: float = 0.7                      # refinement: share of prompts a neuron must be found in
+    p: float = 0.7                      # refinement: a neuron must be found in more than p * n_prompts prompts
     refine: bool = False                # False: union over prompts (EasyEdit's default)
     use_paraphrases: bool = False       # attribute over the paraphrases too (the paper's prompt bags)
-    lambda_1: float = 1.0               # weight of the old answer's embedding, subtracted
-    lambda_2: float = 1.0               # weight of the new answer's embedding, added
+    lambda_1: float = 1.0               # per-token weight of the old (greedy) answer's embeddings, subtracted
+    lambda_2: float = 1.0               # per-token weight of the new answer's embeddings, added
+    lambda_1_single: float = 2.0        # lambda_1 when the new answer is one token (EasyEdit: 2)
+    lambda_2_single: float = 1.0        # lambda_2 when the new answer is one token (EasyEdit: 1)
     scale_to_value_norm: bool = False   # rescale both embeddings to each value vector's norm
     embedding: str = "input"            # which embedding matrix gives e(t): input or output (unembedding)
     layers: list[int] | None = None     # layers searched; None: all
@@ -69,8 +104,9 @@ class Hparams:
             raise ValueError("kn: steps and batch_size must be at least 1")
         if not 0.0 < self.adaptive_threshold <= 1.0:
             raise ValueError(f"kn: adaptive_threshold={self.adaptive_threshold} must lie in (0, 1]")
-        if not 0.0 <= self.p <= 1.0:
-            raise ValueError(f"kn: p={self.p} must lie in [0, 1]")
+        if not 0.0 <= self.p < 1.0:
+            # a neuron must be found in more than p * n prompts: p = 1 would keep nothing
+            raise ValueError(f"kn: p={self.p} must lie in [0, 1) (refinement keeps count > p * n_prompts)")
         if self.embedding not in EMBEDDINGS:
             raise ValueError(f"kn: embedding={self.embedding!r} is not one of {', '.join(EMBEDDINGS)}")
 
@@ -160,12 +196,15 @@ def coarse_neurons(scores: torch.Tensor, layers: list[int], adaptive_threshold: 
 
 
 def refine_neurons(per_prompt: list[list[tuple[int, int]]], p: float, refine: bool) -> list[tuple[int, int]]:
-    """Neurons shared by at least a fraction p of the prompts (or all found, without refinement), sorted."""
+    """Neurons found in more than p * len(per_prompt) prompts (or all found, without refinement), sorted.
+
+    Strictly more, as EasyEdit's and the authors' get_refined_neurons (`count > t`).
+    """
     counts = Counter(n for neurons in per_prompt for n in set(neurons))
     if not refine:
         return sorted(counts)
-    need = p * len(per_prompt)
-    return sorted(n for n, c in counts.items() if c >= need)
+    t = p * len(per_prompt)
+    return sorted(n for n, c in counts.items() if c > t)
 
 
 # ---------------------------------------------------------------- the update
@@ -176,7 +215,10 @@ def _embedding_matrix(model, which: str) -> torch.Tensor:
 
 def neuron_update(value_vectors: torch.Tensor, e_old: torch.Tensor, e_new: torch.Tensor, lambda_1: float,
                   lambda_2: float, scale_to_value_norm: bool) -> torch.Tensor:
-    """The change of each value vector (rows of `value_vectors`, [n, d]): -l1 e_old + l2 e_new, [n, d]."""
+    """The change of each value vector (rows of `value_vectors`, [n, d]): -l1 e_old + l2 e_new, [n, d].
+
+    e_old and e_new are the answers' summed token embeddings (`answer_embedding`).
+    """
     n = value_vectors.shape[0]
     l1 = torch.full((n, 1), lambda_1, dtype=torch.float32)
     l2 = torch.full((n, 1), lambda_2, dtype=torch.float32)
@@ -185,6 +227,20 @@ def neuron_update(value_vectors: torch.Tensor, e_old: torch.Tensor, e_new: torch
         l1 = l1 * norms / e_old.float().norm()
         l2 = l2 * norms / e_new.float().norm()
     return -l1 * e_old.float()[None, :] + l2 * e_new.float()[None, :]
+
+
+def answer_embedding(emb: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """Sum of the embedding rows of `ids`, float32: each token with coefficient 1 (EasyEdit's row loop)."""
+    if not ids:
+        raise ValueError("kn: an answer with no tokens has no embedding")
+    return emb[ids].float().sum(0)
+
+
+def answer_coefficients(hparams: Hparams, n_new_tokens: int) -> tuple[float, float]:
+    """(lambda_1, lambda_2) for a new answer of n tokens: the *_single pair when it is one token."""
+    if n_new_tokens == 1:
+        return hparams.lambda_1_single, hparams.lambda_2_single
+    return hparams.lambda_1, hparams.lambda_2
 
 
 def _layers(hparams: Hparams, facts) -> list[int]:
@@ -196,9 +252,13 @@ def _layers(hparams: Hparams, facts) -> list[int]:
 
 
 @torch.no_grad()
-def _greedy_token(model, prompt_ids: list[int]) -> int:
+def greedy_continuation(model, prompt_ids: list[int], n: int) -> list[int]:
+    """The model's own n-token greedy continuation of prompt_ids: what it predicts, the answer KN unlearns."""
     device = next(model.parameters()).device
-    return int(model(input_ids=torch.tensor([prompt_ids], device=device)).logits[0, -1].argmax())
+    ids = list(prompt_ids)
+    for _ in range(n):
+        ids.append(int(model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].argmax()))
+    return ids[len(prompt_ids):]
 
 
 def apply(model, tokenizer, requests: list[EditRequest], hparams: Hparams, context: EditContext) -> WeightUpdate:
@@ -216,20 +276,20 @@ def apply(model, tokenizer, requests: list[EditRequest], hparams: Hparams, conte
         else:
             # No recorded old answer (some zsRE records): the model's own prediction is what it "knows".
             prompt_ids = tokenizer(prompt)["input_ids"]
-            answer_ids = [_greedy_token(model, prompt_ids)]
+            answer_ids = greedy_continuation(model, prompt_ids, 1)
         scores = attribution_scores(model, tokenizer, prompt, answer_ids, prompt_ids, facts, layers,
                                     hparams.steps, hparams.batch_size)
         per_prompt.append(coarse_neurons(scores, layers, hparams.adaptive_threshold))
     neurons = refine_neurons(per_prompt, hparams.p, hparams.refine)
 
     emb = _embedding_matrix(model, hparams.embedding).detach()
-    _, new_ids = split_prompt_target(tokenizer, request.filled_prompt, request.target_new)
-    if request.target_true is not None:
-        _, old_ids = split_prompt_target(tokenizer, request.filled_prompt, request.target_true)
-    else:
-        old_ids = [_greedy_token(model, tokenizer(request.filled_prompt)["input_ids"])]
-    e_old = emb[old_ids].float().mean(0).cpu()
-    e_new = emb[new_ids].float().mean(0).cpu()
+    prompt_ids, new_ids = split_prompt_target(tokenizer, request.filled_prompt, request.target_new)
+    # The old answer is the model's prediction at edit time (EasyEdit), as long as the new one:
+    # on a sequentially edited model that is what the model now says, not the dataset's target_true.
+    old_ids = greedy_continuation(model, prompt_ids, len(new_ids))
+    e_old = answer_embedding(emb, old_ids).cpu()
+    e_new = answer_embedding(emb, new_ids).cpu()
+    lambda_1, lambda_2 = answer_coefficients(hparams, len(new_ids))
 
     deltas: dict[str, torch.Tensor] = {}
     for layer in sorted({layer for layer, _ in neurons}):
@@ -237,9 +297,9 @@ def apply(model, tokenizer, requests: list[EditRequest], hparams: Hparams, conte
         name = facts.down_weight_name(layer)
         w = facts.linear_weight(model.get_parameter(name).detach()).cpu()   # [out, in]
         delta = torch.zeros(w.shape, dtype=torch.float32)
-        delta[:, cols] = neuron_update(w[:, cols].T, e_old, e_new, hparams.lambda_1, hparams.lambda_2,
+        delta[:, cols] = neuron_update(w[:, cols].T, e_old, e_new, lambda_1, lambda_2,
                                        hparams.scale_to_value_norm).T
         deltas[name] = facts.to_storage(delta)
-    info = {"n_neurons": len(neurons), "neurons": [list(n) for n in neurons],
+    info = {"n_neurons": len(neurons), "neurons": [list(n) for n in neurons], "old_answer_ids": old_ids,
             "coarse_per_prompt": [len(c) for c in per_prompt]}
     return WeightUpdate(deltas=deltas, info=info)
