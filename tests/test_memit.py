@@ -11,7 +11,7 @@ import torch
 from editharm.methods import load_hparams, load_method
 from editharm.methods import memit, pmet
 from editharm.methods.base import EditContext, WeightUpdate
-from editharm.methods.covariance import collect_second_moments
+from editharm.methods.covariance import collect_second_moments, solve_second_moment
 from editharm.models import facts_for, random_model
 from editharm.requests import EditRequest
 
@@ -113,10 +113,12 @@ def test_pmet_optimises_attention_and_mlp_and_updates_mlp_only(tiny):
 def test_memit_update_by_hand():
     keys = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     res = torch.tensor([[2.0], [4.0]])
-    c = torch.eye(2)
-    d = memit.memit_update(keys, res, c, 1.0)
-    # (I + K^T K) = 2 I, so dW = R^T K / 2
-    assert torch.allclose(d, torch.tensor([[1.0, 2.0]]))
+    c = torch.diag(torch.tensor([2.0, 1.0]))
+    d = memit.memit_update(keys, res, lambda rhs: solve_second_moment(c, rhs), 1.0)
+    # dW (C + K K^T) = R^T K with C + K K^T = diag(3, 2): dW = [2/3, 4/2]
+    assert torch.allclose(d, torch.tensor([[2.0 / 3.0, 2.0]]))
+    # Without the statistic (mom2_adjustment off) C is the identity: dW = R^T K / 2.
+    assert torch.allclose(memit.memit_update(keys, res, None, 1.0), torch.tensor([[1.0, 2.0]]))
 
 
 def test_interfaces():

@@ -31,6 +31,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from editharm.methods.covariance import SecondMomentSolver
 from editharm.requests import EditRequest
 
 
@@ -63,6 +64,8 @@ class EditContext:
 
     covariance(layer) returns the uncentred second moment E[k k^T] of the MLP keys
     at that layer (float32, [d_ff, d_ff]), loaded lazily from the layer_stats files.
+    solve_covariance(layer, rhs) returns C^-1 rhs in float64, factoring each layer's C
+    once per device for all the edits that share this context.
     state is the method's accumulated state, carried across sequential segments.
     """
 
@@ -71,6 +74,14 @@ class EditContext:
     state: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     artifacts: dict[str, str] = field(default_factory=dict)  # e.g. trained hypernetwork paths
+    solver: SecondMomentSolver | None = None
+
+    def __post_init__(self):
+        if self.solver is None:
+            self.solver = SecondMomentSolver(self.covariance)
+
+    def solve_covariance(self, layer: int, rhs: torch.Tensor) -> torch.Tensor:
+        return self.solver.solve(layer, rhs)
 
 
 class EditMethod(Protocol):

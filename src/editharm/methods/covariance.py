@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -132,27 +132,44 @@ def load_second_moment(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     return matrix, json.loads(header[_META_KEY])
 
 
-_FACTORS: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
-
-
 def solve_second_moment(second_moment: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """C^-1 rhs in float64, with C's LU factorisation kept while the same C object is in use.
+    """C^-1 rhs in float64 (one factorisation, no caching: for tests and one-off solves)."""
+    return SecondMomentSolver(lambda layer: second_moment).solve(0, rhs)
+
+
+class SecondMomentSolver:
+    """C^-1 rhs per layer, with C's LU factorisation kept per (layer, device, dtype).
 
     Every edit at a layer solves with the same C; factoring it once per layer instead of
-    once per edit saves an O(d_ff^3) step from each edit. LU rather than Cholesky: a C
-    stored in float32 can be indefinite by rounding in its smallest directions.
+    once per edit saves an O(d_ff^3) step from each edit. The cache is keyed by what the
+    statistic *is* (its layer) and where it lives, not by tensor identity: a method that
+    moves C to its device for every edit would otherwise refactor it every time and keep
+    stale copies. LU rather than Cholesky: a C stored in float32 can be indefinite by
+    rounding in its smallest directions. The solve is always in float64; `dtype` in the
+    key is that precision, so a float32 and a float64 copy of one C share one entry.
     """
-    hit = _FACTORS.get(id(second_moment))
-    if hit is not None and hit[0] is second_moment:
-        lu, pivots = hit[1]
-    else:
-        lu, pivots, info = torch.linalg.lu_factor_ex(second_moment.to(torch.float64))
-        if int(info) != 0:
-            raise ValueError("the key second moment is singular (too few tokens for its size); "
-                             "compute it over more tokens (covariance.tokens in config)")
-        if len(_FACTORS) >= 16:
-            _FACTORS.clear()
-        _FACTORS[id(second_moment)] = (second_moment, (lu, pivots))
-    rhs64 = rhs.to(torch.float64)
-    out = torch.linalg.lu_solve(lu, pivots, rhs64[:, None] if rhs64.dim() == 1 else rhs64)
-    return out[:, 0] if rhs64.dim() == 1 else out
+
+    def __init__(self, load: Callable[[int], torch.Tensor]):
+        self._load = load
+        self._factors: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.factorisations = 0   # how many LU factorisations ran (for tests and diagnostics)
+
+    def factors(self, layer: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (int(layer), torch.device(device), torch.float64)
+        hit = self._factors.get(key)
+        if hit is None:
+            c = self._load(layer).to(device=device, dtype=torch.float64)
+            lu, pivots, info = torch.linalg.lu_factor_ex(c)
+            if int(info) != 0:
+                raise ValueError(f"the key second moment of layer {layer} is singular (too few tokens for its "
+                                 "size); compute it over more tokens (covariance.tokens in config)")
+            self.factorisations += 1
+            hit = self._factors[key] = (lu, pivots)
+        return hit
+
+    def solve(self, layer: int, rhs: torch.Tensor) -> torch.Tensor:
+        """C_layer^-1 rhs (rhs a vector [d] or a matrix [d, n]), float64 on rhs's device."""
+        lu, pivots = self.factors(layer, rhs.device)
+        rhs64 = rhs.to(torch.float64)
+        out = torch.linalg.lu_solve(lu, pivots, rhs64[:, None] if rhs64.dim() == 1 else rhs64)
+        return out[:, 0] if rhs64.dim() == 1 else out

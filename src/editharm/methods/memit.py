@@ -27,7 +27,6 @@ import torch
 
 from editharm import nethook
 from editharm.methods.base import EditContext, WeightUpdate
-from editharm.methods.covariance import solve_second_moment
 from editharm.methods.values import (
     ValueProblem,
     ValueSettings,
@@ -72,21 +71,23 @@ def value_settings(hparams) -> ValueSettings:
 
 # ------------------------------------------------------------------ pure math
 
-def memit_update(keys: torch.Tensor, residuals: torch.Tensor, second_moment: torch.Tensor | None,
+def memit_update(keys: torch.Tensor, residuals: torch.Tensor,
+                 solve_second_moment: Callable[[torch.Tensor], torch.Tensor] | None,
                  update_weight: float) -> torch.Tensor:
     """dW [out, in] solving dW (lambda C + K K^T) = R K^T, with keys [n, in] and residuals [n, out].
 
     float64, as in MEMIT (lambda C dominates and float32 loses the K K^T term). With
     n keys and d_ff inputs, the Woodbury identity
         (A + K K^T)^-1 K = A^-1 K (I + K^T A^-1 K)^-1,   A = lambda C,
-    needs only C's factorisation (cached per layer) and an n x n solve.
+    needs only C^-1 K (`solve_second_moment`, C's factorisation cached per layer; None
+    means C = I, mom2_adjustment off) and an n x n solve.
     """
     k = keys.to(torch.float64).T            # [in, n]
     r = residuals.to(torch.float64)         # [n, out]
-    if second_moment is None:
+    if solve_second_moment is None:
         a_inv_k = k / update_weight
     else:
-        a_inv_k = solve_second_moment(second_moment, k) / update_weight
+        a_inv_k = solve_second_moment(k) / update_weight
     small = torch.eye(k.shape[1], dtype=torch.float64, device=k.device) + k.T @ a_inv_k
     return (a_inv_k @ torch.linalg.solve(small, r)).T.to(torch.float32)
 
@@ -214,8 +215,8 @@ def compute_memit(model, tokenizer, requests: Sequence[EditRequest], hparams: Hp
     targets = result.values["residual"]
 
     def solve(layer, keys, residuals):
-        c = context.covariance(layer).to(keys.device) if hparams.mom2_adjustment else None
-        return memit_update(keys, residuals, c, hparams.mom2_update_weight)
+        solve_c = (lambda rhs: context.solve_covariance(layer, rhs)) if hparams.mom2_adjustment else None
+        return memit_update(keys, residuals, solve_c, hparams.mom2_update_weight)
 
     solved = spread_layers(model, tokenizer, facts, requests, layers, groups, targets, facts.layer.format(z_layer),
                            spread=lambda i: float(len(layers) - i), solve=solve)

@@ -62,8 +62,8 @@ def compute_pmet(model, tokenizer, requests: list[EditRequest], hparams: Hparams
     targets = result.values["mlp"]
 
     def solve(layer, keys, residuals):
-        c = context.covariance(layer).to(keys.device) if hparams.mom2_adjustment else None
-        return memit_update(keys, residuals, c, hparams.mom2_update_weight)
+        solve_c = (lambda rhs: context.solve_covariance(layer, rhs)) if hparams.mom2_adjustment else None
+        return memit_update(keys, residuals, solve_c, hparams.mom2_update_weight)
 
     solved = spread_layers(model, tokenizer, facts, requests, layers, groups, targets, facts.mlp_down.format(z_layer),
                            spread=lambda i: math.sqrt(len(layers) - i), solve=solve)

@@ -1,25 +1,33 @@
 """ROME: Rank-One Model Editing (Meng et al. 2022, "Locating and Editing Factual Associations in GPT").
 
-One fact is written into the MLP down projection W of one layer as a rank-one update:
+One fact is written into the MLP down projection W of one layer as a rank-one update.
+Two keys enter, as in the reference (kmeng01/rome, compute_u.py and compute_v.py):
 
-    k* = mean over context templates of the MLP key (mlp_down input) at the subject's last token
-    v* = the MLP output there plus the optimised delta of values.py (eq. 4)
-    dW = (v* - W k* - b) (C^-1 k*)^T / ((C^-1 k*)^T k*)
+    k* = mean over the context templates (the plain prompt "{}" among them) of the MLP
+         key (mlp_down input) at the subject's last token          -> the left vector
+    k0 = the key at the subject's last token of the plain prompt    -> the right vector
+    v* = the MLP output at the plain prompt, W k0 + b, plus the optimised delta of
+         values.py (eq. 4)
 
-with C the uncentred second moment of keys over generic text (mom2_adjustment; the
-identity when off). dW is the minimum-norm change (in the metric C) for which the
-layer maps k* to v* exactly: the constrained least squares of the paper's eq. 2.
-The model is never modified here; the pipeline adds dW.
+    u  = C^-1 k*                       (compute_u; C = I when mom2_adjustment is off)
+    dW = (v* - W k0 - b) u^T / (u^T k0)  (the end of compute_v)
+
+with C the uncentred second moment of keys over generic text. So the edited layer maps
+the plain prompt's own key exactly to v* ((W + dW) k0 + b = v*), and the direction of
+the change in key space is the template-averaged C^-1 k*, which is what makes the edit
+generalise to the subject in other contexts. (Solving (W + dW) k* = v* instead, at the
+averaged key, leaves the plain prompt short of v* by (u^T (k* - k0)) / (u^T k*) of the
+delta.) The model is never modified here; the pipeline adds dW.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from editharm.methods.base import EditContext, WeightUpdate
-from editharm.methods.covariance import solve_second_moment
 from editharm.methods.values import ValueProblem, ValueSettings, context_templates, optimize_values
 from editharm.requests import EditRequest
 
@@ -52,24 +60,30 @@ def value_settings(hparams: Hparams) -> ValueSettings:
                          clamp_norm_factor=hparams.clamp_norm_factor, kl_factor=hparams.kl_factor)
 
 
-def rank_one_update(weight: torch.Tensor, bias: torch.Tensor | None, key: torch.Tensor, value: torch.Tensor,
-                    second_moment: torch.Tensor | None = None) -> torch.Tensor:
-    """The [out, in] update that makes W' k + b = value, minimum-norm in the metric C (eq. 2).
+def left_vector(key: torch.Tensor, solve_second_moment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """u = C^-1 k* in float64 (compute_u); k* itself when there is no statistic (mom2_adjustment off).
 
-    Solved in float64 (C of a real model is ill-conditioned and the division by u^T k
-    amplifies float32 error), with C's factorisation kept across edits.
+    The reference also normalises u to unit length; the update below divides by u^T k0,
+    so u's scale cancels and is left as is.
     """
     k = key.to(torch.float64)
-    current = weight.to(torch.float64) @ k
+    return k if solve_second_moment is None else solve_second_moment(k)
+
+
+def rank_one_update(weight: torch.Tensor, bias: torch.Tensor | None, left: torch.Tensor, plain_key: torch.Tensor,
+                    value: torch.Tensor) -> torch.Tensor:
+    """The [out, in] update dW = (v* - W k0 - b) u^T / (u^T k0), so that (W + dW) k0 + b = v*.
+
+    `left` is u (left_vector), `plain_key` k0. Solved in float64: C of a real model is
+    ill-conditioned and the division by u^T k0 amplifies float32 error.
+    """
+    u = left.to(torch.float64)
+    k0 = plain_key.to(torch.float64)
+    current = weight.to(torch.float64) @ k0
     if bias is not None:
         current = current + bias.to(torch.float64)
     residual = value.to(torch.float64) - current
-    if second_moment is None:
-        u = k
-    else:
-        u = solve_second_moment(second_moment, k)
-    return (torch.outer(residual, u) / (u @ k)).to(torch.float32)
-
+    return (torch.outer(residual, u) / (u @ k0)).to(torch.float32)
 
 
 @dataclass
@@ -78,7 +92,9 @@ class RomeEdit:
 
     param_name: str
     delta: torch.Tensor          # [out, in]
-    key: torch.Tensor            # k*
+    key: torch.Tensor            # k*, the template-averaged key
+    plain_key: torch.Tensor      # k0, the plain prompt's key
+    left: torch.Tensor           # u = C^-1 k*
     value: torch.Tensor          # v*
     info: dict
 
@@ -96,13 +112,13 @@ def compute_rome(model, tokenizer, request: EditRequest, hparams: Hparams, conte
     # prompts are the same, and tokens after the subject do not change its key.
     problem = ValueProblem(model, tokenizer, facts, [request], layer, templates, sites=("mlp",))
     result = optimize_values(problem, value_settings(hparams))
-    key, value = problem.keys[0], result.values["mlp"][0]
+    key, plain_key, value = problem.keys[0], problem.plain_keys[0], result.values["mlp"][0]
     name = facts.down_weight_name(layer)
     weight = facts.linear_weight(model.get_parameter(name).detach())
     bias = getattr(model.get_submodule(facts.mlp_down.format(layer)), "bias", None)
-    second_moment = context.covariance(layer) if hparams.mom2_adjustment else None
-    delta = rank_one_update(weight, None if bias is None else bias.detach(), key, value,
-                            None if second_moment is None else second_moment.to(key.device))
+    solve_c = (lambda rhs: context.solve_covariance(layer, rhs)) if hparams.mom2_adjustment else None
+    left = left_vector(key, solve_c)
+    delta = rank_one_update(weight, None if bias is None else bias.detach(), left, plain_key, value)
     info = {
         "layer": layer,
         "steps": result.steps[0],
@@ -114,7 +130,7 @@ def compute_rome(model, tokenizer, request: EditRequest, hparams: Hparams, conte
         "value_norm": float(result.references["mlp"][0].norm()),
         "update_norm": float(delta.norm()),
     }
-    return RomeEdit(param_name=name, delta=delta, key=key, value=value, info=info)
+    return RomeEdit(param_name=name, delta=delta, key=key, plain_key=plain_key, left=left, value=value, info=info)
 
 
 def apply(model, tokenizer, requests: list[EditRequest], hparams: Hparams, context: EditContext) -> WeightUpdate:

@@ -397,6 +397,8 @@ class ValueProblem:
         # The first row of each request is its plain prompt (template "{}"): it gives the reference values.
         plain = torch.tensor([i for i, r in enumerate(rows) if i == 0 or rows[i - 1].request != r.request], device=dev)
         self.references = {s: site_out[s][plain] for s in self.sites}
+        # ROME's right vector is solved at the plain prompt's own key (compute_v's cur_input).
+        self.plain_keys = keys[plain]
         nll_rows = [i for i, r in enumerate(rows) if not r.kl]
         req_of = torch.tensor([rows[i].request for i in nll_rows], device=dev)
         self.keys = torch.zeros(len(self.requests), f.intermediate_size, device=dev).index_add(
