@@ -1,0 +1,159 @@
+"""The Python API: requests get the right metric style, and an Editor's edits, metrics and
+statistics equal the workflow's own (jobs.layer_stats + jobs.edit_segment) bit for bit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from editharm import api, jobs
+from editharm.evaluate.editing import edit_metrics, locality_reference
+from editharm.io import DataError, write_jsonl
+from editharm.models import load_model
+
+ROME = {"layer": 1, "v_num_grad_steps": 4, "v_lr": 0.5, "v_weight_decay": 0.5, "clamp_norm_factor": 4.0,
+        "kl_factor": 0.0625, "mom2_adjustment": True, "context_template_length_params": [[4, 3]]}
+CORPUS = " = Rivers = \n" + "\n".join(
+    f" The river number {i} flows through the valley and the town of Example {i} , where people fish . "
+    for i in range(40)) + "\n = Lakes = \n" + "\n".join(
+    f" Lake {i} is deep and cold in winter ; its water is clear . " for i in range(40)) + "\n"
+ZSRE_ROWS = [
+    {"case_id": "a", "subject": "Danielle Darrieux", "prompt": "The mother tongue of Danielle Darrieux is",
+     "target_new": "English", "target_true": "French", "paraphrases": ["Danielle Darrieux speaks"],
+     "locality": [["nq question: who wrote hamlet", "Shakespeare"]]},
+    {"case_id": "b", "subject": "Paris", "prompt": "{} is the capital of", "target_new": "Italy",
+     "target_true": "France", "locality": [{"prompt": "nq question: the sky is", "target": "blue"}]},
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, one_torch_thread):
+    root = tmp_path_factory.mktemp("api")
+    mirror = root / "mirror"
+    (mirror / "corpus").mkdir(parents=True)
+    (mirror / "corpus" / "valid.txt").write_text(CORPUS)
+    sha = hashlib.sha256(CORPUS.encode()).hexdigest()
+    config = {
+        "mirror_dir": str(mirror),
+        "models": {"tiny": {"family": "llama", "source": {"kind": "random", "family": "llama", "seed": 0,
+                                                          "dims": {"hidden": 32, "layers": 3, "heads": 4}}}},
+        "datasets": {"tinytext": {"format": "wikitext_tokens",
+                                  "files": {"valid.txt": {"mirror": "corpus/valid.txt", "sha256": sha}}}},
+        "covariance": {"corpus": "tinytext", "tokens": 1500, "seq_len": 64},
+    }
+    return config, root / "cache"
+
+
+def test_dicts_get_the_style_of_their_kind_and_a_template():
+    requests = api.load_requests(ZSRE_ROWS, kind="zsre")
+    assert [r.style for r in requests] == ["zsre", "zsre"]
+    assert requests[0].prompt == "The mother tongue of {} is"          # filled prompt -> template
+    assert requests[0].locality[0].target == "Shakespeare"
+    assert api.load_requests(ZSRE_ROWS, kind="counterfact")[1].style == "counterfact"
+    with pytest.raises(ValueError, match="kind='counterfact' or kind='zsre'"):
+        api.load_requests(ZSRE_ROWS)
+    with pytest.raises(DataError, match="request 0 .*style 'zsre' differs from kind='counterfact'"):
+        api.load_requests([{**ZSRE_ROWS[0], "style": "zsre"}], kind="counterfact")
+    with pytest.raises(DataError, match="request 0 .*'prompt'.*does not occur"):
+        api.load_requests([{**ZSRE_ROWS[0], "subject": "Nobody"}], kind="zsre")
+
+
+def test_dataset_files_give_edit_requests_with_the_format_style(tmp_path):
+    raw = [{"subject": "Paris", "src": "Paris is the capital of?", "answers": ["France"], "alt": " Italy",
+            "rephrase": "What country has Paris as capital?", "loc": "nq question: who wrote hamlet",
+            "loc_ans": "Shakespeare"}]
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps(raw))
+    (request,) = api.load_requests(path, format="zsre_mend")
+    assert (request.style, request.prompt, request.target_new, request.target_true) == (
+        "zsre", "{} is the capital of?", "Italy", "France")
+    with pytest.raises(ValueError, match="needs format=, one of .*zsre_mend"):
+        api.load_requests(path)
+    prepared = tmp_path / "set.jsonl"
+    write_jsonl(prepared, [request.to_json()])
+    assert api.load_requests(prepared) == [request]
+
+
+def test_configured_model_is_fetched_once_into_the_cache(setup):
+    config, cache = setup
+    folder = api.model_folder("tiny", config=config, cache_dir=cache)
+    assert folder == cache / "models" / "tiny" and (folder / "config.json").exists()
+    stamp = (folder / "config.json").stat().st_mtime_ns
+    assert api.model_folder("tiny", config=config, cache_dir=cache) == folder
+    assert (folder / "config.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="configured: tiny"):
+        api.model_folder("nonesuch", config=config, cache_dir=cache)
+
+
+def test_editor_equals_the_workflow_bit_for_bit(setup, tmp_path):
+    config, cache = setup
+    model, tok = api.load_model("tiny", config=config, cache_dir=cache)
+    requests = api.load_requests(ZSRE_ROWS, kind="zsre")
+    editor = api.Editor(model, tok, "rome", ROME, regulariser="random-40", seed=3, config=config, cache_dir=cache)
+    timings = editor.prepare()
+    stats_file = cache / "stats" / "tiny" / "tinytext-1500" / "layer1.safetensors"
+    assert stats_file.exists() and "context_templates_seconds" in timings
+    templates = editor.context.state["context_templates"]
+    log = editor.edit(requests[:1]) + editor.edit(requests[1:])       # sequential, in two calls
+    assert editor.context.state["context_templates"] is templates    # prepare()'s templates were reused
+    assert [row["edit_index"] for row in log] == [0, 1]
+    assert all(row["immediate_success"] is not None for row in log)
+
+    # The workflow on the same inputs: its layer_stats rule, then one edit_segment of both requests.
+    model_dir = str(cache / "models" / "tiny")
+    own_stats = tmp_path / "layer1.safetensors"
+    jobs.layer_stats(model_dir, str(cache / "data" / "prepared" / "tinytext.jsonl"), 1, 1500, 64, str(own_stats))
+    hp = tmp_path / "rome.yaml"
+    hp.write_text(json.dumps(ROME))
+    editset = tmp_path / "editset.jsonl"
+    write_jsonl(editset, [r.to_json() for r in requests])
+    out = tmp_path / "n2"
+    jobs.edit_segment(model_dir=model_dir, editset=str(editset), n_prev=0, n=2, method_name="rome", module=None,
+                      hparams_path=str(hp), regulariser="random-40", seed=3, batch_size=1, stats_paths={1: str(own_stats)},
+                      prev_tensors=None, prev_meta=None, trained_dir=None, out_tensors=str(out / "checkpoint.safetensors"),
+                      out_meta=str(out / "checkpoint.json"), out_log=str(out / "edit_log.jsonl"))
+    pipeline, _ = jobs.load_edited_model(model_dir, str(out / "checkpoint.safetensors"), str(out / "checkpoint.json"))
+    changed = 0
+    for name, param in pipeline.named_parameters():
+        assert torch.equal(param, editor.model.get_parameter(name)), name
+        changed += not torch.equal(param, load_model(model_dir)[0].get_parameter(name)) if "down_proj" in name else 0
+    assert changed == 1
+
+    # Metrics: the workflow's, with zsRE locality against the unedited model.
+    base, _ = load_model(model_dir)
+    reference = locality_reference(base, tok, requests, progress=False)
+    rows, summary = editor.evaluate()
+    want_rows, want = edit_metrics(pipeline, tok, requests, reference=reference, progress=False)
+    assert summary == want and rows == want_rows and summary["locality"] is not None
+
+    # Update statistics: random-40 keeps exactly 40% of the elements of each update; two updates touch at most 80%.
+    (name, stats), = editor.weight_stats().items()
+    assert name == "model.layers.1.mlp.down_proj.weight"
+    numel = model.get_parameter(name).numel()
+    assert 0 < stats["changed_elements"] <= round(0.4 * numel) * 2
+    assert stats["frobenius"] == pytest.approx(float((pipeline.get_parameter(name) - base.get_parameter(name)).norm()), rel=1e-5)
+
+    # A second Editor reuses the cached statistics instead of recomputing them.
+    stamp = stats_file.stat().st_mtime_ns
+    api.Editor(*api.load_model("tiny", config=config, cache_dir=cache), "rome", ROME, config=config,
+               cache_dir=cache).prepare()
+    assert stats_file.stat().st_mtime_ns == stamp
+
+
+def test_editor_refuses_what_the_config_refuses(setup):
+    config, cache = setup
+    model, tok = api.load_model("tiny", config=config, cache_dir=cache)
+    with pytest.raises(ValueError, match="regulariser 'rect'"):
+        api.Editor(model, tok, "rome", ROME, regulariser="rect", config=config, cache_dir=cache)
+    with pytest.raises(ValueError, match="cannot apply to method 'grace'"):
+        api.Editor(model, tok, "grace", {"layer": 1}, regulariser="rect-40", config=config, cache_dir=cache)
+    with pytest.raises(ValueError, match="unknown editing method 'romee'"):
+        api.Editor(model, tok, "romee", config=config, cache_dir=cache)
+    with pytest.raises(ValueError, match="unknown rome hyperparameter.*layers"):
+        api.Editor(model, tok, "rome", {**ROME, "layers": [1]}, config=config, cache_dir=cache)
+    with pytest.raises(ValueError, match="trained_dir="):
+        api.Editor(model, tok, "mend", config=config, cache_dir=cache)
