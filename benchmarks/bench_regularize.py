@@ -7,7 +7,7 @@
 Shapes are the MLP output projections the editing methods touch: SmolLM2-135M
 (1536 x 576, the embedded default), GPT-2 XL (6400 x 1600) and LLaMA-7B (11008 x 4096).
 The update dW is a random matrix of the given rank (ROME's is rank one; MEMIT's has
-rank up to the batch size); pca-K's cost depends on it, the others' do not.
+rank up to the batch size); pca-K and svd-K costs depend on it, the others' do not.
 Prints one line per (shape, operation): median and min seconds over the repeats.
 """
 
@@ -23,7 +23,7 @@ from editharm.regularize import apply_regulariser, derive_seed
 from editharm.weightstats import tensor_stats
 
 SIZES = {"smollm2-135m": (1536, 576), "gpt2-xl": (6400, 1600), "llama-7b": (11008, 4096)}
-REGULARISERS = ["none", "rect-40", "random-40", "pca-40"]
+REGULARISERS = ["none", "rect-40", "random-40", "pca-40", "svd-40"]
 
 
 def _parse_size(text: str) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Regularisers of an edit's weight update: RECT, Random, PCA (Gu et al. 2024)."""
+"""Regularisers of an edit's weight update: RECT, Random, PCA (Gu et al. 2024), and the truncated SVD."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from editharm.regularize import (
     kept_count,
     known_forms,
     parse_regulariser,
-    pca_rank,
+    pca_components,
+    svd_rank,
     register_regulariser,
 )
 
@@ -140,8 +141,8 @@ def test_derive_seed_is_stable_and_sensitive_to_every_part():
     (3, 4, 10, 1),           # 0.15 -> at least one
     (10, 10, 100, 4),        # floor(100 / 21) = 4
 ])
-def test_pca_rank_definition(m, n, percent, rank):
-    assert pca_rank(percent, m, n) == rank
+def test_svd_rank_definition(m, n, percent, rank):
+    assert svd_rank(percent, m, n) == rank
     assert rank * (m + n + 1) <= max(percent / 100 * m * n, m + n + 1)
 
 
@@ -151,38 +152,83 @@ def _best_rank_r(a, r):
 
 
 @pytest.mark.parametrize("shape, percent", [((60, 40), 80), ((200, 100), 40), ((30, 70), 20)])
-def test_pca_of_full_rank_update_is_the_best_rank_r_approximation(shape, percent):
+def test_svd_of_full_rank_update_is_the_best_rank_r_approximation(shape, percent):
     delta, weight = _continuous_pair(shape, seed=7)
-    out, info = apply_regulariser(f"pca-{percent}", delta, weight)
-    r = pca_rank(percent, *shape)
+    out, info = apply_regulariser(f"svd-{percent}", delta, weight)
+    r = svd_rank(percent, *shape)
     assert info["rank"] == r and info["svd"] == "full"
     assert int(torch.linalg.matrix_rank(out)) == r
     torch.testing.assert_close(out, _best_rank_r(delta, r), rtol=1e-10, atol=1e-10)
     assert info["kept_elements"] == r * (shape[0] + shape[1] + 1)
 
 
-def test_pca_of_low_rank_update_takes_the_exact_fast_path():
+def test_svd_of_low_rank_update_takes_the_exact_fast_path():
     g = torch.Generator().manual_seed(3)
     m, n, true_rank = 300, 200, 3
     delta = torch.randn(m, true_rank, generator=g, dtype=torch.float64) @ torch.randn(
         true_rank, n, generator=g, dtype=torch.float64)
     weight = torch.randn(m, n, generator=g, dtype=torch.float64)
     # r = floor(0.4 * 60000 / 501) = 47 >= 3: the best rank-47 approximation is dW itself.
-    out, info = apply_regulariser("pca-40", delta, weight)
+    out, info = apply_regulariser("svd-40", delta, weight)
     assert info["svd"] == "sketch" and info["rank"] == 47
     torch.testing.assert_close(out, delta, rtol=1e-10, atol=1e-10)
-    # And a rank below the update's: pca-0.5 gives r = 1, the leading singular triple.
-    out1, info1 = apply_regulariser("pca-0.5", delta, weight)
+    # And a rank below the update's: svd-0.5 gives r = 1, the leading singular triple.
+    out1, info1 = apply_regulariser("svd-0.5", delta, weight)
     assert info1["rank"] == 1 and info1["svd"] == "sketch"
     torch.testing.assert_close(out1, _best_rank_r(delta, 1), rtol=1e-9, atol=1e-9)
 
 
-def test_pca_float32_rank_one_update_is_unchanged():
+def test_svd_float32_rank_one_update_is_unchanged():
     g = torch.Generator().manual_seed(4)
     delta = torch.randn(1536, 1, generator=g) @ torch.randn(1, 576, generator=g)
-    out, info = apply_regulariser("pca-40", delta, torch.randn(1536, 576, generator=g))
+    out, info = apply_regulariser("svd-40", delta, torch.randn(1536, 576, generator=g))
     assert out.dtype == torch.float32 and info["svd"] == "sketch"
     torch.testing.assert_close(out, delta, rtol=1e-4, atol=1e-5 * float(delta.abs().max()))
+
+
+def test_pca_writes_the_component_scores_of_the_centred_columns_into_the_first_columns():
+    """Gu et al.'s PCA by hand: rows are samples, columns features. Column means (1, 5) are removed,
+    leaving one principal axis (0, 1) (largest entry positive) with scores (-3, -1, 1, 3); 50% of
+    2 columns is one component, written into column 0. The result is not a reconstruction of dW."""
+    delta = torch.tensor([[1.0, 2.0], [1.0, 4.0], [1.0, 6.0], [1.0, 8.0]], dtype=torch.float64)
+    weight = torch.ones_like(delta)
+    out, info = apply_regulariser("pca-50", delta, weight)
+    want = torch.tensor([[-3.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [3.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-12)
+    assert info["components"] == 1 and info["kept_elements"] == 4 and info["kept_fraction"] == 0.5
+    # Stored the other way round ([hidden, d_ff] as nn.Linear keeps a down projection), the longer
+    # side is still the samples, so the result is the transpose.
+    out_t, _ = apply_regulariser("pca-50", delta.T.contiguous(), weight.T.contiguous())
+    torch.testing.assert_close(out_t, want.T, rtol=0, atol=1e-12)
+
+
+def test_pca_of_a_rank_two_update_matches_the_eigendecomposition_of_its_covariance():
+    """Scores = X_c V_r with V_r the top-r eigenvectors of X_c^T X_c, each oriented with its largest entry
+    positive; 40% of 10 columns = 4 components, the columns past the update's rank are zero."""
+    g = torch.Generator().manual_seed(5)
+    delta = torch.randn(40, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 10, generator=g, dtype=torch.float64)
+    out, info = apply_regulariser("pca-40", delta, torch.randn(40, 10, generator=g, dtype=torch.float64))
+    centred = delta - delta.mean(0)
+    values, vectors = torch.linalg.eigh(centred.T @ centred)
+    top = vectors[:, values.argsort(descending=True)[:2]]
+    top = top * torch.sign(top.gather(0, top.abs().argmax(0)[None]))
+    assert info["components"] == 4
+    torch.testing.assert_close(out[:, :2], centred @ top, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out[:, 2:], torch.zeros(40, 8, dtype=torch.float64), rtol=0, atol=1e-9)
+
+
+def test_pca_changes_a_rank_one_update_unlike_svd():
+    """The reason pca-K exists in Gu's sense: on ROME's rank-one update it is not the identity."""
+    g = torch.Generator().manual_seed(4)
+    delta = torch.randn(1536, 1, generator=g) @ torch.randn(1, 576, generator=g)
+    weight = torch.randn(1536, 576, generator=g)
+    out, info = apply_regulariser("pca-40", delta, weight)
+    assert info["components"] == pca_components(40, 1536, 576) == 230
+    assert out.dtype == torch.float32 and out.shape == delta.shape
+    assert int(torch.count_nonzero(out[:, 230:])) == 0
+    assert not torch.allclose(out, delta, atol=1e-3 * float(delta.abs().max()))
+    same, _ = apply_regulariser("svd-40", delta, weight)
+    torch.testing.assert_close(same, delta, rtol=1e-4, atol=1e-5 * float(delta.abs().max()))
 
 
 def test_none_returns_the_update_unchanged():
@@ -193,7 +239,7 @@ def test_none_returns_the_update_unchanged():
 
 @pytest.mark.parametrize("name, kind, percent", [
     ("none", "none", None), ("rect-40", "rect", Fraction(40)),
-    ("random-12.5", "random", Fraction(25, 2)), ("pca-0.5", "pca", Fraction(1, 2)),
+    ("random-12.5", "random", Fraction(25, 2)), ("pca-0.5", "pca", Fraction(1, 2)), ("svd-40", "svd", Fraction(40)),
     ("rect-100", "rect", Fraction(100)),
 ])
 def test_parse_round_trips(name, kind, percent):
@@ -217,7 +263,7 @@ def test_programmatic_construction_normalises_the_percentage():
 def test_parse_errors_list_the_allowed_forms(bad):
     with pytest.raises(ValueError) as e:
         parse_regulariser(bad)
-    for form in ("none", "rect-K", "random-K", "pca-K", "(0, 100]"):
+    for form in ("none", "rect-K", "random-K", "pca-K", "svd-K", "(0, 100]"):
         assert form in str(e.value)
 
 
@@ -243,3 +289,25 @@ def test_a_new_regulariser_is_one_registered_function(monkeypatch):
     assert torch.equal(out, torch.full((2, 2), 0.5)) and info["regulariser"] == "scale-50"
     with pytest.raises(ValueError, match="already registered"):
         register_regulariser("rect", takes_percent=True, summary="x")(_scale)
+
+
+@pytest.mark.parametrize("bad", ["rect-abc", "rect-140", "pca-", "lora-40"])
+def test_config_validation_gives_every_bad_regulariser_the_allowed_forms(bad):
+    """One grammar: the config check defers to parse_regulariser, so no bad name gets a bare pattern."""
+    import copy
+    from pathlib import Path
+
+    import yaml
+
+    from editharm.config import validate_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "ci.yaml"
+    config = copy.deepcopy(yaml.safe_load(path.read_text()))
+    experiments = config["experiments"]
+    first = experiments[0] if isinstance(experiments, list) else next(iter(experiments.values()))
+    first["regularisers"] = [bad]
+    with pytest.raises(Exception) as e:
+        validate_config(config, str(path))
+    for form in ("rect-K", "random-K", "pca-K", "svd-K", "(0, 100]"):
+        assert form in str(e.value)
+    assert "^(none" not in str(e.value)

@@ -108,13 +108,13 @@ def load_tables(tables_dir: str | Path, names: Iterable[str] = TABLES, verbose: 
 
 
 def regulariser_key(name: str):
-    """Gu et al.'s order: 'none', RECT, Random, PCA, then any other kind; by K numerically within a kind."""
+    """Gu et al.'s order: 'none', RECT, Random, PCA, then SVD and any other kind; by K numerically within a kind."""
     kind, _, pct = str(name).partition("-")
     try:
         k = float(pct)
     except ValueError:
         k = -1.0
-    kinds = ("rect", "random", "pca")
+    kinds = ("rect", "random", "pca", "svd")
     return (name != "none", kinds.index(kind) if kind in kinds else len(kinds), kind, k, name)
 
 

@@ -22,6 +22,22 @@ config (and in result paths), K a percentage in (0, 100]:
     each element independently with probability 1 - K/100; we keep exactly K%, as for
     RECT, so the two differ only in which elements are kept.)
 ``pca-K``
+    Gu et al.'s "PCA k%" baseline as their code runs it (JasonForJoy/Model-Editing-Hurt,
+    the commented block in easyeditor/models/rome/rome_main.py): principal component
+    analysis of dW with its rows as samples and its columns as features, keeping
+    r = K% of the columns as components (round half up, within [1, min(rows, cols)]).
+    The columns are centred, the component scores X_c V_r ([rows, r]) are written into
+    the first r columns of a zero matrix of dW's shape, and the rest stays zero. So
+    exactly K% of the elements can be non-zero, but the result is *not* an
+    approximation of dW: it is a compressed code of it put where dW's first columns
+    were. Orientation: their matrix was GPT-2 XL's stored c_proj weight, [6400, 1600]
+    (d_ff rows, hidden columns); here the longer side is always the rows, which gives
+    that orientation for every model's MLP down projection whatever its storage layout.
+    Sign: each principal axis is oriented so that its largest-magnitude entry is
+    positive (scikit-learn >= 1.5's convention; older versions fixed the sign from the
+    scores instead, which can flip a component's sign). Computed exactly by SVD
+    (float64), with the low-rank fast path below.
+``svd-K``
     The rank-r truncated SVD of dW, U_r S_r V_r^T, with r chosen so that its factors
     U_r [m, r], S_r [r] and V_r [n, r] hold at most K% of dW's m*n elements:
 
@@ -29,17 +45,9 @@ config (and in result paths), K a percentage in (0, 100]:
 
     (r < min(m, n) always, since m*n / (m + n + 1) < min(m, n)). By Eckart-Young this
     is the best rank-r approximation of dW in Frobenius norm, i.e. the best
-    approximation storable in the same budget as K% of dW's elements.
-
-    The paper is ambiguous here: it names the baseline "PCA k%" without saying what
-    k% counts. The authors' code (JasonForJoy/Model-Editing-Hurt, commented out in
-    easyeditor/models/rome/rome_main.py) runs scikit-learn PCA with a fixed number of
-    components (320 of GPT-2 XL's 1600 columns, i.e. k% of min(m, n)), which also
-    centres the columns, and places the projected scores in dW's first columns
-    rather than reconstructing dW. We read
-    "k%" as a storage budget equal to RECT's, so RECT-K and PCA-K keep the same number
-    of numbers, and reconstruct dW without centring. Note that a rank-one update
-    (ROME) is left unchanged by pca-K for every K, since r >= 1.
+    approximation storable in the same budget as K% of dW's elements. Not in either
+    paper; it answers what a faithful low-rank compression at RECT's budget does. A
+    rank-one update (ROME) is left unchanged by svd-K for every K, since r >= 1.
 
 Counting (exact, no floating-point surprises): rect-K and random-K keep exactly
 k = floor(K/100 * numel + 1/2) elements (round half up), clamped to [1, numel], with
@@ -72,7 +80,8 @@ __all__ = [
     "kept_count",
     "known_forms",
     "parse_regulariser",
-    "pca_rank",
+    "pca_components",
+    "svd_rank",
     "register_regulariser",
     "relative_change",
 ]
@@ -170,7 +179,7 @@ class Regulariser:
 
 
 def parse_regulariser(name: str) -> Regulariser:
-    """Parse a config name ('none', 'rect-40', 'random-12.5', 'pca-40')."""
+    """Parse a config name ('none', 'rect-40', 'random-12.5', 'pca-40', 'svd-40')."""
     if not isinstance(name, str):
         raise ValueError(f"regulariser must be a string, got {name!r}; {_allowed_message()}")
     m = _NAME_RE.fullmatch(name)
@@ -208,10 +217,15 @@ def kept_count(percent: Fraction | int | float | str, numel: int) -> int:
     return min(numel, max(1, int(k * numel / 100 + Fraction(1, 2))))
 
 
-def pca_rank(percent: Fraction | int | float | str, m: int, n: int) -> int:
-    """Rank r of pca-K for an m x n update: max(1, floor(K/100 * m*n / (m + n + 1)))."""
+def svd_rank(percent: Fraction | int | float | str, m: int, n: int) -> int:
+    """Rank r of svd-K for an m x n update: max(1, floor(K/100 * m*n / (m + n + 1)))."""
     k = Fraction(str(percent)) if isinstance(percent, float) else Fraction(percent)
     return min(min(m, n), max(1, int(k * m * n / (100 * (m + n + 1)))))
+
+
+def pca_components(percent: Fraction | int | float | str, rows: int, cols: int) -> int:
+    """Components r of pca-K for a [rows, cols] update (rows >= cols): K% of the columns, round half up, >= 1."""
+    return min(rows, cols, kept_count(percent, cols))
 
 
 def relative_change(delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -321,14 +335,15 @@ def _random(delta, weight, percent, seed):
     return _keep(delta, mask.to(delta.device)), {"kept_elements": k}
 
 
-def _truncated_svd(a: torch.Tensor, r: int, seed: int) -> tuple[torch.Tensor, str]:
-    """Best rank-r approximation of `a`; exact, with a fast path for low-rank `a`.
+def _truncated_svd(a: torch.Tensor, r: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """The leading r singular triples of `a` (fewer when rank(a) < r): (U [m, r'], S [r'], Vh [r', n], path).
 
-    Editing updates are usually of low rank (ROME: 1; MEMIT: at most the batch size),
-    and a full SVD of an 11008 x 4096 matrix takes about two minutes on two CPU cores.
-    So first project `a` onto the range of a random sketch with w columns: if that
-    reproduces `a` to rounding error, rank(a) <= w and the SVD of the small projected
-    w x n matrix is the SVD of `a` (no approximation beyond rounding). Narrow sketches
+    Exact, with a fast path for low-rank `a`. Editing updates are usually of low rank
+    (ROME: 1; MEMIT: at most the batch size), and a full SVD of an 11008 x 4096 matrix
+    takes about two minutes on two CPU cores. So first project `a` onto the range of a
+    random sketch with w columns: if that reproduces `a` to rounding error, rank(a) <= w
+    and the SVD of the small projected w x n matrix is the SVD of `a` (no approximation
+    beyond rounding; triples past rank(a) are rounding noise). Narrow sketches
     are tried first (cheap; they catch rank-one and small-batch updates), then one just
     wider than r; otherwise the full SVD.
     """
@@ -352,23 +367,47 @@ def _truncated_svd(a: torch.Tensor, r: int, seed: int) -> tuple[torch.Tensor, st
             # rank(a) <= width; if width < r the whole of `a` is its best rank-r
             # approximation, which slicing [:r] of the width components gives.
             u, s, vh = torch.linalg.svd(b, full_matrices=False)
-            return (q @ u[:, :r]) * s[:r] @ vh[:r], "sketch"
+            return q @ u[:, :r], s[:r], vh[:r], "sketch"
     u, s, vh = torch.linalg.svd(a, full_matrices=False)
-    return u[:, :r] * s[:r] @ vh[:r], "full"
+    return u[:, :r], s[:r], vh[:r], "full"
 
 
 @register_regulariser("pca", takes_percent=True,
-                      summary="rank-r truncated SVD whose factors hold at most K% of the "
-                              "elements: r = max(1, floor(K/100 * m*n / (m+n+1)))")
+                      summary="Gu et al.'s PCA k%: scores of K% of the columns as principal components, "
+                              "written into dW's first columns (not a reconstruction of dW)")
 def _pca(delta, weight, percent, seed):
     if delta.ndim != 2:
         raise ValueError(f"pca-K needs a matrix update, got shape {tuple(delta.shape)}")
+    # Rows are the samples; the longer side, as in Gu et al.'s [6400, 1600] GPT-2 XL matrix.
+    transposed = delta.shape[0] < delta.shape[1]
+    x = (delta.T if transposed else delta).to(torch.float64)
+    rows, cols = x.shape
+    r = pca_components(percent, rows, cols)
+    centred = x - x.mean(dim=0, keepdim=True)
+    u, s, vh, path = _truncated_svd(centred, r, 0 if seed is None else seed)
+    # Orient each principal axis so that its largest-magnitude entry is positive.
+    pivot = vh.abs().argmax(dim=1)
+    signs = torch.sign(vh.gather(1, pivot[:, None]).squeeze(1))
+    signs[signs == 0] = 1
+    scores = u * (s * signs)
+    out = torch.zeros_like(x)
+    out[:, :scores.shape[1]] = scores
+    out = (out.T if transposed else out).to(delta.dtype)
+    return out, {"components": r, "kept_elements": rows * r, "svd": path}
+
+
+@register_regulariser("svd", takes_percent=True,
+                      summary="rank-r truncated SVD whose factors hold at most K% of the "
+                              "elements: r = max(1, floor(K/100 * m*n / (m+n+1)))")
+def _svd(delta, weight, percent, seed):
+    if delta.ndim != 2:
+        raise ValueError(f"svd-K needs a matrix update, got shape {tuple(delta.shape)}")
     m, n = delta.shape
-    r = pca_rank(percent, m, n)
+    r = svd_rank(percent, m, n)
     # SVD has no half-precision kernels; float32 is enough for float32/bf16/fp16 weights.
     work = delta.to(torch.promote_types(delta.dtype, torch.float32))
-    approx, path = _truncated_svd(work, r, 0 if seed is None else seed)
-    return approx.to(delta.dtype), {
+    u, s, vh, path = _truncated_svd(work, r, 0 if seed is None else seed)
+    return (u * s @ vh).to(delta.dtype), {
         "rank": r,
         "kept_elements": r * (m + n + 1),
         "svd": path,
@@ -382,10 +421,10 @@ def apply_regulariser(reg: Regulariser | str, delta: torch.Tensor, weight: torch
     Returns the regularised update (same shape, dtype and device as `delta`; `delta`
     itself is not modified, but is returned as is when nothing is dropped) and an info
     dict of plain numbers and strings: regulariser (canonical name), numel,
-    kept_elements, kept_fraction (kept elements, or for pca the factors' element count,
+    kept_elements, kept_fraction (kept elements, or for svd the factors' element count,
     over numel), norm_fraction (||out||_F / ||dW||_F), and per kind: rank and svd
-    ("sketch" or "full") for pca, threshold (the smallest kept relative change, may be
-    inf) for rect.
+    ("sketch" or "full") for svd, components and svd for pca, threshold (the smallest
+    kept relative change, may be inf) for rect.
     `seed` is required by random-K; derive it with `derive_seed`.
     """
     if isinstance(reg, str):
