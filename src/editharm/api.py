@@ -436,14 +436,14 @@ class Editor:
         """Edit the requests in order (batch_size at a time), continuing earlier edits.
 
         Each weight update is regularised, checked for NaN/Inf and added exactly as in the
-        workflow (updates.apply_weight_update). Returns one log row per request: seconds
+        workflow (updates.write_update). Returns one log row per request: seconds
         (the first edit's includes nothing of prepare()), the method's info, the
         regulariser's info and, if asked, the reliability right after the edit.
         """
         from editharm.jobs import immediate_success as success_of
-        from editharm.methods.base import StateUpdate, WeightUpdate
-        from editharm.sequential import _jsonable, _operations
-        from editharm.updates import apply_weight_update
+        from editharm.methods.base import WeightUpdate
+        from editharm.sequential import _jsonable, _operations, check_finite_info
+        from editharm.updates import write_update
 
         if isinstance(requests, EditRequest):
             requests = [requests]
@@ -461,17 +461,13 @@ class Editor:
             edit_index = len(self.edited)
             t0 = time.perf_counter()
             update = self.method.apply(self.model, self.tokenizer, batch, self.hparams, self.context)
-            reg_info: dict[str, Any] = {}
+            check_finite_info(update.info, f"edit {edit_index} (request {batch[0].case_id}) by method {self.method.NAME}")
             if isinstance(update, WeightUpdate):
                 for name in update.deltas:
                     if name not in self._base:
                         self._base[name] = self.model.get_parameter(name).detach().clone()
-                reg_info = apply_weight_update(self.model, update, self.regulariser, self.seed, edit_index,
-                                               where=f"edit {edit_index} (request {batch[0].case_id})")
-            elif isinstance(update, StateUpdate):
-                self.context.state = update.state
-            else:
-                raise TypeError(f"method {self.method.NAME} returned {type(update).__name__}; expected WeightUpdate or StateUpdate")
+            reg_info = write_update(self.method, self.model, self.tokenizer, batch, self.hparams, self.context,
+                                    update, self.regulariser, self.seed, edit_index)
             seconds = time.perf_counter() - t0
             self.edited.extend(batch)
             success = (success_of(self.edited_model(), self.tokenizer, batch) if immediate_success
@@ -551,8 +547,9 @@ class Editor:
         """Write the edits as a workflow checkpoint: out_dir/checkpoint.safetensors (touched
         tensors + method state), checkpoint.json (method, hparams, regulariser, seed, model
         folder) and edit_log.jsonl. `editharm export` and export.export_checkpoint read it."""
-        from editharm.io import provenance
-        from editharm.sequential import _save
+        from editharm.checkpoint import save_checkpoint
+        from editharm.io import provenance, write_jsonl
+        from editharm.sequential import _current_tensors
 
         out = Path(out_dir)
         meta = provenance(edits_total=len(self.edited), edits_in_segment=len(self.edited),
@@ -560,9 +557,22 @@ class Editor:
                           method=self.method.NAME, hparams=dataclasses.asdict(self.hparams),
                           model_dir=getattr(self.model, "editharm_folder", None),
                           case_ids=[r.case_id for r in self.edited])
-        _save(self.model, set(self._base), self.context.state, out / "checkpoint.safetensors", out / "checkpoint.json",
-              meta, out / "edit_log.jsonl", self.log)
+        write_jsonl(out / "edit_log.jsonl", self.log)
+        save_checkpoint(out / "checkpoint.safetensors", out / "checkpoint.json", _current_tensors(self.model, self._base),
+                        self.context.state, meta)
         return out
+
+    def export(self, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the edited model as a Hugging Face folder (safetensors + tokenizer) that
+        transformers, lm-eval's hf backend and vLLM load; refused for GRACE and SERAC,
+        whose edits are not in the weights (export.check_exportable says why)."""
+        from editharm.export import check_exportable, save_model_folder
+
+        check_exportable(self.method.NAME)
+        return save_model_folder(self.model, self.tokenizer, out_dir, overwrite=overwrite, manifest={
+            "base_model": getattr(self.model, "editharm_folder", None), "method": self.method.NAME,
+            "regulariser": self.regulariser.name, "seed": self.seed, "edits_total": len(self.edited),
+            "hparams": dataclasses.asdict(self.hparams), "touched_tensors": sorted(self._base)})
 
 
 def _model_id(model, ws: Workspace) -> str:

@@ -1,4 +1,4 @@
-"""Applying a method's weight update to a model: regularise, check, add.
+"""Applying a method's update to a model: regularise, check, add; or take its new state.
 
 This is the one place where a `WeightUpdate` becomes new parameter values, so the
 sequential pipeline and the public API (`editharm.api`) change weights identically:
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from editharm.checkpoint import check_finite
-from editharm.methods.base import WeightUpdate
+from editharm.methods.base import StateUpdate, WeightUpdate
 from editharm.regularize import apply_regulariser, derive_seed
 
 
@@ -38,4 +38,28 @@ def apply_weight_update(model, update: WeightUpdate, regulariser, seed: int, edi
             check_finite(name, new_value, where)
             param.copy_(new_value.to(param.dtype))
             reg_info[name] = info
+    return reg_info
+
+
+def write_update(method, model, tokenizer, requests, hparams, context, update, regulariser, seed: int,
+                 edit_index: int) -> dict[str, dict[str, Any]]:
+    """Make one edit operation's `update` (from `method.apply`) take effect, as the pipeline does.
+
+    A WeightUpdate is regularised and added (apply_weight_update); a StateUpdate becomes
+    context.state. Then, if the method defines `after_update(model, tokenizer, requests,
+    hparams, context)`, it is called with the weights as actually written: a method whose
+    state depends on the edited model (AlphaEdit's keys of earlier edits) must see the
+    regularised update, not the one it proposed. Returns the regulariser's info per tensor.
+    """
+    reg_info: dict[str, dict[str, Any]] = {}
+    if isinstance(update, WeightUpdate):
+        reg_info = apply_weight_update(model, update, regulariser, seed, edit_index,
+                                       where=f"edit {edit_index} (request {requests[0].case_id})")
+    elif isinstance(update, StateUpdate):
+        context.state = update.state
+    else:
+        raise TypeError(f"method {method.NAME} returned {type(update).__name__}; expected WeightUpdate or StateUpdate")
+    after = getattr(method, "after_update", None)
+    if after is not None:
+        after(model, tokenizer, requests, hparams, context)
     return reg_info
