@@ -179,13 +179,15 @@ def test_mc2_is_stable_for_tiny_probabilities():
 def test_triviaqa_canonical_rows_prompt_and_em():
     r = rows("triviaqa", "triviaqa", "validation.jsonl")
     assert r[0]["id"] == "tc_1"
-    assert r[0]["answers"] == ["Mars", "Planet Mars", "The Red Planet", "mars", "planet mars", "red planet"]
+    assert r[0]["answers"] == ["Mars", "Planet Mars", "The Red Planet"]  # lm-eval's target: answer.aliases
     task = get_task("triviaqa")
     items = task.items(r)
-    assert items[0].prompt == "Question: Which planet is known as the Red Planet?\nAnswer:"
+    # lm-eval's template appends "?" to every question, ending in one or not
+    assert items[0].prompt == "Question: Which planet is known as the Red Planet??\nAnswer:"
     assert items[0].stop == ("\n", ".", ",")
     assert task.score(items, [" the Red Planet", " Shakespeare"]) == {"exact_match": 1.0}
-    assert task.score(items, [" Jupiter", " Marlowe"]) == {"exact_match": 0.0}
+    # no article removal (lm-eval's exact_match): "Red Planet" is not the alias "The Red Planet"
+    assert task.score(items, [" Red Planet", " Marlowe"]) == {"exact_match": 0.0}
 
 
 # ------------------------------------------------------------------ ToxiGen (canonical schema only)

@@ -1,6 +1,6 @@
 """The scoring engine shared by every task and by the editing metrics.
 
-Two scoring modes, matching the two item kinds of tasks/base.py:
+Three scoring modes, matching the item kinds of tasks/base.py:
 
 score_choices  log-likelihood of each choice after a context. One row per item holds the
                context once and then, segment after segment, each choice's tokens except
@@ -12,6 +12,8 @@ score_choices  log-likelihood of each choice after a context. One row per item h
                is read (for a small model it is a fifth of the forward's FLOPs).
 generate       greedy decoding, batched with left padding, a KV cache, per-item stop
                sequences and token limits; finished rows leave the batch.
+score_rolling  the log-likelihood of a whole text in lm-eval's disjoint rolling windows,
+               each window scored as a one-choice unit of score_choices.
 
 Both sort items by length (longest first, so an out-of-memory shows up at once and
 padding stays small) and build their own padded tensors, so the tokenizer's padding
@@ -40,7 +42,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from editharm.evaluate.tasks.base import ChoiceItem, ChoiceOutput, GenerationItem, Task
+from editharm.evaluate.tasks.base import ChoiceItem, ChoiceOutput, GenerationItem, RollingItem, RollingOutput, Task
 
 # Memory bounds of one forward pass: padded input tokens, and kept logits (rows x kept
 # positions x vocabulary, float32) - the logits dominate for large vocabularies.
@@ -318,6 +320,79 @@ def score_choices(model, tokenizer, items: Sequence[ChoiceItem], batch_size: int
     return results  # type: ignore[return-value]
 
 
+# ---------------------------------------------------------------- rolling log-likelihood (perplexity)
+
+def rolling_windows(tokens: Sequence[int], prefix: int, max_len: int) -> list[tuple[list[int], list[int]]]:
+    """lm-eval's disjoint rolling windows (context_len 1): (context, predicted tokens) pairs.
+
+    Every token is predicted exactly once. The first window predicts up to max_len tokens
+    from `prefix`; each later one predicts the next max_len tokens from the one token
+    before them, except the last, whose context is as many earlier tokens as fill the
+    max_len positions. A window's input (context + predicted tokens but the last) is
+    never longer than max_len.
+    """
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1, got {max_len}")
+    tokens = list(tokens)
+    if not tokens:
+        return []
+    first = min(max_len, len(tokens))
+    windows = [([prefix], tokens[:first])]
+    start = first
+    while start < len(tokens):
+        end = min(start + max_len, len(tokens))
+        windows.append((tokens[end - max_len - 1:start], tokens[start:end]))
+        start = end
+    return windows
+
+
+def score_rolling(model, tokenizer, items: Sequence[RollingItem], batch_size: int = 16, progress: bool = True,
+                  stats: dict | None = None) -> list[RollingOutput]:
+    """Log-likelihood of every item's whole text, in rolling windows (outputs aligned with items).
+
+    Each window is scored as a one-choice unit of the choice scorer (context, then the
+    predicted tokens), so packing, batching and the logit budget are shared with it. The
+    window length is the model's positions (2,048 when unknown, as lm-eval) capped by the
+    item's max_window: a window's logits are kept at every position, and 8,192 positions
+    of a 49,152-token vocabulary would be 1.6 GB of float32.
+    """
+    if not items:
+        return []
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if prefix is None:
+        raise ValueError("rolling log-likelihood needs a BOS or EOS token to predict the first token from")
+    model_len = model_max_length(model) or 2048
+    units: list[_Unit] = []
+    owner: list[int] = []
+    counts = [0] * len(items)
+    for i, item in enumerate(items):
+        tokens = tokenizer(item.text, add_special_tokens=False)["input_ids"]
+        if not tokens:
+            raise ValueError(f"item {item.id}: text encodes to no tokens")
+        counts[i] = len(tokens)
+        max_len = min(model_len, item.max_window) if item.max_window else model_len
+        for ctx, pred in rolling_windows(tokens, prefix, max_len):
+            units.append(_Unit(len(units), ctx, [pred]))
+            owner.append(i)
+    units.sort(key=lambda u: u.length, reverse=True)
+    vocab = getattr(model.config, "vocab_size", None) or len(tokenizer)
+    device, dtype, pad_id = _device(model), _mask_dtype(model), _pad_id(tokenizer)
+    pad_side = getattr(tokenizer, "padding_side", "right") or "right"
+    window_lp = [0.0] * len(units)
+    with _progress(len(units), "scoring windows", progress) as bar:
+        for batch_units in _batches(units, batch_size, vocab):
+            packed = pack_units(batch_units, pad_id, pad_side, dtype, device)
+            _add_stat(stats, "tokens", packed.n_tokens)
+            logprobs, _ = _score_batch(model, packed)
+            for unit, lp in zip(batch_units, logprobs):
+                window_lp[unit.index] = math.fsum(lp[0])
+            bar.update(len(batch_units))
+    per_item: list[list[float]] = [[] for _ in items]
+    for index, lp in enumerate(window_lp):
+        per_item[owner[index]].append(lp)
+    return [RollingOutput(logprob=math.fsum(lps), token_count=n, windows=len(lps)) for lps, n in zip(per_item, counts)]
+
+
 # ---------------------------------------------------------------- greedy generation
 
 def _eos_ids(model, tokenizer) -> set[int]:
@@ -448,8 +523,10 @@ def run_task(model, tokenizer, task: Task, rows: Sequence[dict], shots: Sequence
             outputs: list = score_choices(model, tokenizer, items, batch_size=batch_size, progress=progress, stats=stats)
         elif task.KIND == "generation":
             outputs = generate(model, tokenizer, items, batch_size=batch_size, progress=progress, stats=stats)
+        elif task.KIND == "rolling":
+            outputs = score_rolling(model, tokenizer, items, batch_size=batch_size, progress=progress, stats=stats)
         else:
-            raise ValueError(f"task {task.NAME}: KIND must be 'choice' or 'generation', got {task.KIND!r}")
+            raise ValueError(f"task {task.NAME}: KIND must be 'choice', 'generation' or 'rolling', got {task.KIND!r}")
     except NonFiniteLogitsError as e:
         return {"status": "failed", "reason": str(e), "task": task.NAME, "n": len(items), "metrics": {},
                 "seconds": time.perf_counter() - start}

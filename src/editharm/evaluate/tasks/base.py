@@ -1,7 +1,7 @@
 """The task interface: every downstream benchmark is a Task that turns prepared rows into
 items for the scoring engine and the engine's outputs into metrics.
 
-Two kinds of item, matching the engine's two scoring modes (evaluate/engine.py):
+Three kinds of item, matching the engine's scoring modes (evaluate/engine.py):
   ChoiceItem      log-likelihood of each choice after a shared context (the context is
                   encoded once for all choices). Tokenisation follows lm-evaluation-
                   harness: write choices with their leading space (" positive") and end
@@ -9,11 +9,12 @@ Two kinds of item, matching the engine's two scoring modes (evaluate/engine.py):
                   the choices anyway.
   GenerationItem  greedy generation until a stop sequence, EOS or max_new_tokens; the
                   engine returns the text before the first stop sequence.
+  RollingItem     the log-likelihood of a whole text (perplexity), in rolling windows.
 
 A task module defines one Task subclass (found by NAME) and registers the formats of
 its data with @editharm.datasets.register_format. `engine.run_task` calls `items`,
 scores them by KIND, then calls `score` with outputs aligned with the items:
-ChoiceOutput for "choice" tasks, str for "generation" tasks.
+ChoiceOutput for "choice" tasks, str for "generation" tasks, RollingOutput for "rolling" tasks.
 """
 
 from __future__ import annotations
@@ -40,6 +41,35 @@ class GenerationItem:
     max_new_tokens: int = 32
 
 
+@dataclass(frozen=True)
+class RollingItem:
+    """A text whose whole log-likelihood is scored (perplexity tasks), in lm-eval's rolling windows.
+
+    The text is encoded without special tokens and cut into disjoint windows of at most
+    min(max_window, the model's positions) tokens; the first window is predicted from
+    the BOS (else EOS) token, each later one from the tokens before it (one token, or
+    as many as fill the window for the last one), as lm-eval's loglikelihood_rolling.
+    """
+
+    id: str
+    text: str
+    max_window: int | None = None
+    units: Any = None  # task-specific counts its metric divides by (e.g. words and bytes of the source text)
+
+
+@dataclass
+class RollingOutput:
+    """The engine's result for one RollingItem."""
+
+    logprob: float        # summed log-probability of every token of the text
+    token_count: int      # tokens of the text
+    windows: int          # windows it was scored in
+
+    @property
+    def logprobs(self) -> list[float]:  # the uniform view run_task's return_outputs uses
+        return [self.logprob]
+
+
 @dataclass
 class ChoiceOutput:
     """The engine's result for one ChoiceItem; every list is aligned with `item.choices`.
@@ -64,7 +94,7 @@ class Task(ABC):
     SUITES: ClassVar[tuple[str, ...]]       # e.g. ("gu2024",), ("li2024",), ("offline",)
     DATASET: ClassVar[str]                  # dataset name in config `datasets` holding the items
     SHOTS_DATASET: ClassVar[str | None] = None  # dataset holding few-shot examples, if any
-    KIND: ClassVar[str]                     # "choice" or "generation"
+    KIND: ClassVar[str]                     # "choice", "generation" or "rolling"
     METRICS: ClassVar[tuple[str, ...]]
 
     @abstractmethod
