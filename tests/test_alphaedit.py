@@ -9,11 +9,12 @@ import torch
 
 from editharm.methods import alphaedit, load_hparams, load_method
 from editharm.methods.base import EditContext
-from editharm.methods.memit import temporary_updates
 from editharm.methods.values import subject_keys
 from editharm.models import facts_for, random_model
 from editharm.nethook import capture
+from editharm.regularize import parse_regulariser
 from editharm.requests import EditRequest
+from editharm.updates import write_update
 
 ROOT = Path(__file__).resolve().parents[1] / "configs" / "methods" / "alphaedit"
 FIRST = [EditRequest("1", "Danielle Darrieux", "The mother tongue of {} is", "English", "French")]
@@ -55,6 +56,19 @@ def test_update_leaves_preserved_keys_unchanged(tiny):
         # n random keys span n dimensions; the rest of the key space is the null space.
         assert edit.info["null_space_dims"][str(layer)] == facts.intermediate_size - k0[layer].shape[0]
     assert {"projection.0", "projection.1", "edited_keys_moment.0", "edited_keys_moment.1"} <= set(ctx.state)
+    # Nothing is recorded until the pipeline has written the update (after_update).
+    assert all(ctx.state[f"edited_keys_moment.{l}"].abs().max() == 0 for l in (0, 1))
+
+
+def _written(model, facts):
+    """Parameters as they are now, to restore after a test that writes edits like the pipeline."""
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _restore(model, saved):
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(saved[n])
 
 
 def test_later_edit_keeps_earlier_edit(tiny):
@@ -62,12 +76,12 @@ def test_later_edit_keeps_earlier_edit(tiny):
     # A small L2 so that the record of the first edit's key, not the regulariser, decides.
     hp = _hp([1], l2=1e-8)
     ctx = EditContext(facts=facts, covariance=lambda layer: cov[layer], seed=0)
-    first = alphaedit.compute_alphaedit(model, tok, FIRST, hp, ctx)
-    moment = ctx.state["edited_keys_moment.1"].clone()
-    assert moment.trace() > 0
-    with temporary_updates(model, facts) as add:
-        for name, d in first.deltas.items():
-            add(name, d)
+    saved = _written(model, facts)
+    try:
+        update = alphaedit.apply(model, tok, FIRST, hp, ctx)
+        write_update(alphaedit, model, tok, FIRST, hp, ctx, update, parse_regulariser("none"), 0, 0)
+        moment = ctx.state["edited_keys_moment.1"].clone()
+        assert moment.trace() > 0
         k1 = subject_keys(model, tok, facts, FIRST, [1], ctx.state["context_templates"], group_mean=True)[1]
         second = alphaedit.compute_alphaedit(model, tok, SECOND, hp, ctx)
         # Without the record of earlier keys the same edit would move the first fact's output.
@@ -75,12 +89,42 @@ def test_later_edit_keeps_earlier_edit(tiny):
                             state={"context_templates": ctx.state["context_templates"],
                                    "context_template_params": ctx.state["context_template_params"]})
         unprotected = alphaedit.compute_alphaedit(model, tok, SECOND, hp, fresh)
+        write_update(alphaedit, model, tok, SECOND, hp, ctx,
+                     alphaedit.WeightUpdate({n: facts.to_storage(d) for n, d in second.deltas.items()}),
+                     parse_regulariser("none"), 0, 1)
+    finally:
+        _restore(model, saved)
     d2 = second.layers[1].delta.double()
     k2 = second.layers[1].keys.double()
     moved = (d2 @ k1.double().T).norm()
     assert moved < 1e-2 * (d2 @ k2.T).norm()
     assert moved < 1e-2 * (unprotected.layers[1].delta.double() @ k1.double().T).norm()
     assert ctx.state["edited_keys_moment.1"].trace() > moment.trace()
+
+
+def test_recorded_keys_are_those_of_the_regularised_weights(tiny):
+    """Under rect-40 the weights written differ from the proposed update; K_p must hold the keys the
+    edited model computes with the written weights (AlphaEdit recomputes them on the edited model)."""
+    model, tok, facts, k0, cov = tiny
+    hp = _hp([0, 1])
+    saved = _written(model, facts)
+    moments = {}
+    try:
+        for reg in ("rect-40", "none"):
+            _restore(model, saved)
+            ctx = EditContext(facts=facts, covariance=lambda layer: cov[layer], seed=0)
+            update = alphaedit.apply(model, tok, FIRST, hp, ctx)
+            write_update(alphaedit, model, tok, FIRST, hp, ctx, update, parse_regulariser(reg), 0, 0)
+            keys = subject_keys(model, tok, facts, FIRST, [0, 1], ctx.state["context_templates"], group_mean=True)
+            for layer in (0, 1):
+                want = (keys[layer].double().T @ keys[layer].double()).float()
+                torch.testing.assert_close(ctx.state[f"edited_keys_moment.{layer}"], want, rtol=1e-5, atol=1e-7)
+            moments[reg] = ctx.state["edited_keys_moment.1"].clone()
+    finally:
+        _restore(model, saved)
+    # Layer 1's keys depend on layer 0's written update, so the two regularisers record different keys.
+    gap = (moments["rect-40"] - moments["none"]).double().norm() / moments["none"].double().norm()
+    assert gap > 1e-4
 
 
 def test_projection_by_hand():

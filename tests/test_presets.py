@@ -72,10 +72,7 @@ def test_preset_runs_its_suite_at_full_size(preset):
     config = _load(preset)
     tasks = config["tasks"]
     assert all(spec.get("n", "missing") is None for spec in tasks.values()), "every task at full size (n: null)"
-    expected = set(suite(preset))
-    if preset == "li2024":  # no sha256 known for the hub files of these two (see configs/li2024.yaml)
-        expected -= {"triviaqa", "toxigen"}
-    assert set(tasks) == expected
+    assert set(tasks) == set(suite(preset))
 
 
 def test_gu2024_batch_editing_is_one_operation_of_b_requests(in_root):

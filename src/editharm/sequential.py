@@ -26,10 +26,10 @@ from tqdm import tqdm
 
 from editharm.checkpoint import load_bundle, save_bundle, save_checkpoint, write_tensors
 from editharm.io import provenance, write_jsonl
-from editharm.methods.base import EditContext, StateUpdate, WeightUpdate
+from editharm.methods.base import EditContext
 from editharm.regularize import parse_regulariser
 from editharm.requests import EditRequest
-from editharm.updates import apply_weight_update
+from editharm.updates import write_update
 
 
 @dataclass
@@ -95,15 +95,9 @@ def run_segment(model, tokenizer, method, hparams, context: EditContext, spec: S
         t0 = time.perf_counter()
         update = method.apply(model, tokenizer, batch, hparams, context)
         check_finite_info(update.info, f"edit {edit_index} (request {batch[0].case_id}) by method {method.NAME}")
-        reg_info: dict[str, Any] = {}
-        if isinstance(update, WeightUpdate):
-            reg_info = apply_weight_update(model, update, regulariser, spec.seed, edit_index,
-                                           where=f"edit {edit_index} (request {batch[0].case_id})")
-            names |= set(reg_info)
-        elif isinstance(update, StateUpdate):
-            context.state = update.state
-        else:
-            raise TypeError(f"method {method.NAME} returned {type(update).__name__}; expected WeightUpdate or StateUpdate")
+        reg_info = write_update(method, model, tokenizer, batch, hparams, context, update, regulariser, spec.seed,
+                                edit_index)
+        names |= set(reg_info)
         seconds = time.perf_counter() - t0
         success = immediate_success(model, tokenizer, batch) if immediate_success else [None] * len(batch)
         for j, request in enumerate(batch):
@@ -201,3 +195,34 @@ def _jsonable(info: dict) -> dict:
             v = repr(v)
         out[k] = v
     return out
+
+
+def resume_inputs(method, stats_paths: dict[int, str], model_dir: str | Path) -> dict[str, Any]:
+    """What a partial save depends on besides hparams, edit set and previous checkpoint: the code
+    that computes an edit, the covariance statistics it reads, and the base model's weights.
+
+    A partial save made with other code, statistics or weights holds edits that a fresh run
+    would not make; its fingerprint must differ so that it is discarded, not resumed. The
+    code is every editharm module the method and the job import (whole files: a change
+    anywhere in them discards a partial, which costs redone edits, never a wrong result).
+    Statistics files are hashed whole (they are small next to the model: hidden^2 floats
+    per layer). The weights use the hashes recorded when the model was fetched, re-hashed
+    only for files whose size or mtime changed since (models.weights_identity).
+    """
+    from editharm.codehash import code_fingerprint, file_entry, closure, module_closure
+    from editharm.io import sha256_file
+    from editharm.models import weights_identity
+
+    modules = set(module_closure("editharm.jobs")) | set(module_closure("editharm.sequential"))
+    if method.__name__.split(".")[0] == "editharm":
+        modules |= set(module_closure(method.__name__))
+        own = ""
+    else:  # a method module of one's own: its file, plus the editharm modules it imports
+        entry = file_entry(method.__file__)
+        modules |= {label for label in closure([entry]) if label.split(".")[0] == "editharm"}
+        own = sha256_file(method.__file__)
+    return {
+        "method_code": hashlib.sha256((code_fingerprint(modules) + own).encode()).hexdigest(),
+        "covariance_sha256": {str(layer): sha256_file(path) for layer, path in sorted(stats_paths.items())},
+        "model_weights": weights_identity(model_dir),
+    }

@@ -13,7 +13,8 @@ edits in place during sequential editing.
 
 State carried across edits and sequential segments (context.state, flat names so it
 saves as safetensors): "projection.<layer>" (P, computed once from C) and
-"edited_keys_moment.<layer>" (K_p K_p^T, keys recomputed after each edit's update).
+"edited_keys_moment.<layer>" (K_p K_p^T, keys recomputed by after_update() once the
+pipeline has written each edit's update, regularised or not).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 
 from editharm.methods.base import EditContext, WeightUpdate
 from editharm.methods.memit import MassEdit, check_layers, spread_layers, value_info
-from editharm.methods.values import ValueProblem, ValueSettings, context_templates, optimize_values
+from editharm.methods.values import ValueProblem, ValueSettings, context_templates, optimize_values, subject_keys
 from editharm.requests import EditRequest
 
 NAME = "alphaedit"
@@ -104,14 +105,8 @@ def compute_alphaedit(model, tokenizer, requests: list[EditRequest], hparams: Hp
         moment = edited_moment(context, layer, facts.intermediate_size).to(keys.device)
         return alphaedit_update(keys, residuals, p, moment, hparams.L2)
 
-    new_keys: dict[int, torch.Tensor] = {}
     solved = spread_layers(model, tokenizer, facts, requests, layers, groups, targets, facts.layer.format(z_layer),
-                           spread=lambda i: float(len(layers) - i), solve=solve, after=new_keys.update)
-    # Earlier edits are protected by their keys as the edited model computes them.
-    for layer, keys in new_keys.items():
-        k = keys.double()
-        context.state[f"edited_keys_moment.{layer}"] = (
-            edited_moment(context, layer, facts.intermediate_size).double() + (k.T @ k).cpu()).float()
+                           spread=lambda i: float(len(layers) - i), solve=solve)
     deltas = {facts.down_weight_name(l): s.delta for l, s in solved.items()}
     info = value_info(result, ("residual",)) | {
         "layers": layers,
@@ -124,3 +119,21 @@ def compute_alphaedit(model, tokenizer, requests: list[EditRequest], hparams: Hp
 def apply(model, tokenizer, requests: list[EditRequest], hparams: Hparams, context: EditContext) -> WeightUpdate:
     edit = compute_alphaedit(model, tokenizer, requests, hparams, context)
     return WeightUpdate({n: context.facts.to_storage(d) for n, d in edit.deltas.items()}, info=edit.info)
+
+
+@torch.no_grad()
+def after_update(model, tokenizer, requests: list[EditRequest], hparams: Hparams, context: EditContext) -> None:
+    """K_p K_p^T += K K^T with the keys as the model computes them *after* this edit was written.
+
+    The pipeline calls this once the (possibly regularised) update is in the weights, so
+    the protected keys are those of the weights actually written, as in the reference,
+    which recomputes the keys on the edited model after all layers are updated.
+    """
+    facts = context.facts
+    layers = check_layers(hparams.layers, facts, "AlphaEdit")
+    groups = context_templates(model, tokenizer, context, hparams.context_template_length_params)
+    keys = subject_keys(model, tokenizer, facts, requests, layers, groups, group_mean=True)
+    for layer, k in keys.items():
+        k = k.double()
+        context.state[f"edited_keys_moment.{layer}"] = (
+            edited_moment(context, layer, facts.intermediate_size).double() + (k.T @ k).cpu()).float()

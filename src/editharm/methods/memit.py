@@ -142,13 +142,11 @@ class LayerSolve:
 def spread_layers(model, tokenizer, facts, requests: Sequence[EditRequest], layers: Sequence[int],
                   template_groups, targets: torch.Tensor, target_module: str,
                   spread: Callable[[int], float],
-                  solve: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
-                  after: Callable[[dict[int, torch.Tensor]], None] | None = None) -> dict[int, LayerSolve]:
+                  solve: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]) -> dict[int, LayerSolve]:
     """MEMIT's layer loop: per layer, keys, residual toward `targets` at `target_module`, solve, apply.
 
     `spread(i)` divides the residual at the i-th layer (MEMIT: layers left; PMET: its
-    square root). `after`, if given, receives each layer's keys recomputed once all
-    layers are updated (AlphaEdit accumulates them). The model is restored on return.
+    square root). The model is restored on return.
     """
     out: dict[int, LayerSolve] = {}
     with temporary_updates(model, facts) as add:
@@ -159,8 +157,6 @@ def spread_layers(model, tokenizer, facts, requests: Sequence[EditRequest], laye
             delta = solve(layer, keys, residuals)
             add(facts.down_weight_name(layer), delta)
             out[layer] = LayerSolve(keys=keys, residuals=residuals, delta=delta)
-        if after is not None:
-            after(subject_keys(model, tokenizer, facts, requests, list(layers), template_groups, group_mean=True))
     return out
 
 
