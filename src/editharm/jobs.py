@@ -48,11 +48,18 @@ def sample_edits(prepared: str, n: int, seed: int, out_path: str) -> None:
 
 # ------------------------------------------------------------------ models
 
-def fetch_model(source: dict, out_manifest: str) -> None:
+def fetch_model(source: dict, out_manifest: str, config: dict | None = None, model: str | None = None) -> None:
     from editharm.models import fetch_model as fetch
 
     t0 = time.time()
     info = fetch(source, Path(out_manifest).parent)
+    if config is not None and model is not None:
+        # A hub model's depth is known only now: a layer it lacks fails here, naming the file, not in layer_stats.
+        from editharm.config import ConfigError, model_layer_problems
+
+        problems = model_layer_problems(config, model, str(Path(out_manifest).parent))
+        if problems:
+            raise ConfigError("\n".join(problems))
     write_json(out_manifest, provenance(source=source, fetched=info, seconds=time.time() - t0))
 
 
@@ -124,7 +131,7 @@ def edit_segment(*, model_dir: str, editset: str, n_prev: int, n: int, method_na
     from editharm.io import sha256_file
     from editharm.methods.base import EditContext
     from editharm.models import facts_for, load_model
-    from editharm.sequential import SegmentSpec, run_segment
+    from editharm.sequential import SegmentSpec, resume_inputs, run_segment
 
     _threads(threads)
     random.seed(seed)
@@ -151,7 +158,8 @@ def edit_segment(*, model_dir: str, editset: str, n_prev: int, n: int, method_na
     spec = SegmentSpec(
         requests=requests[n_prev:n], first_index=n_prev, regulariser=regulariser, seed=seed, batch_size=batch_size,
         fingerprint_parts={"hparams_sha256": sha256_file(hparams_path), "prev": prev_meta and sha256_file(prev_meta),
-                           "model_dir": model_dir, "editset": editset},
+                           "model_dir": model_dir, "editset": editset,
+                           **resume_inputs(method, stats_paths, model_dir)},
     )
     run_segment(model, tokenizer, method, hparams, context, spec, touched, Path(out_tensors), Path(out_meta), Path(out_log),
                 immediate_success=success)

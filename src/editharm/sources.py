@@ -161,7 +161,11 @@ def _mirror_description(fspec: dict, mirror_dir: str | os.PathLike | None) -> st
     if "mirror" not in fspec:
         return "(this file has no `mirror` entry in config)"
     if not mirror_dir:
-        return f"(no mirror_dir configured; would be <mirror_dir>/{fspec['mirror']})"
+        return (f"(no mirror folder in use: `mirror_dir` is unset, or names a folder that does not exist, which the "
+                f"run's start reports; would be <mirror_dir>/{fspec['mirror']})")
+    if not Path(mirror_dir).is_dir():
+        return (f"{Path(mirror_dir) / fspec['mirror']} (the mirror folder {mirror_dir} does not exist: "
+                "fix `mirror_dir` in config if it is a typo)")
     return str(Path(mirror_dir) / fspec["mirror"])
 
 

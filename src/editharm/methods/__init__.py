@@ -9,12 +9,15 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import sys
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from editharm.hparam_ranges import layer_problems, range_problem, spec_for
 
 _SHARED_MODULES = {"base", "covariance", "values"}
 _REQUIRED = ("NAME", "Hparams", "SUPPORTS_BATCH", "EDITS_WEIGHTS", "apply")
@@ -75,7 +78,24 @@ def load_hparams(path: str | Path, cls: type) -> Any:
     values = {}
     for key, value in raw.items():
         values[key] = _coerce(path, key, value, hints[key])
+    method, module = _owner(cls)
+    problems = [p for key, value in values.items()
+                if (p := range_problem(path, key, value, spec_for(method, module, key), method))]
+    if problems:
+        raise ValueError("\n".join(problems))
     return cls(**values)
+
+
+def hparams_layer_problems(path: str | Path, hparams: Any, n_layers: int, model: str) -> list[str]:
+    """Layer indices in a loaded hyperparameter set that a model with `n_layers` layers lacks."""
+    method, module = _owner(type(hparams))
+    return layer_problems(path, hparams, method, module, n_layers, model)
+
+
+def _owner(cls: type) -> tuple[str, types.ModuleType | None]:
+    """The method (NAME, module) whose Hparams class `cls` is."""
+    module = sys.modules.get(cls.__module__)
+    return getattr(module, "NAME", cls.__module__), module
 
 
 def _coerce(path: Path, key: str, value: Any, hint: Any) -> Any:
