@@ -293,14 +293,12 @@ def load_method_hparams(method: str, hparams=None, *, family: str | None = None,
         spec = (ws.config.get("methods") or {}).get(method) or {}
         folder = ws.resolve(spec["hparams_dir"]) if spec.get("hparams_dir") else REPO_ROOT / "configs" / "methods" / method
         hparams = folder / f"{family}.yaml"
-    path = Path(hparams)
-    raw = yaml.safe_load(path.read_text()) if path.exists() else None
-    if isinstance(raw, dict) and "alg_name" in raw:
-        from editharm.easyedit import read_easyedit_hparams
+    from editharm.easyedit import is_easyedit_file, read_easyedit_hparams
 
-        converted = read_easyedit_hparams(path)
-        if converted.method != mod.NAME:
-            raise ValueError(f"{path} is EasyEdit's {raw['alg_name']} file, not one for {method}")
+    path = Path(hparams)
+    if is_easyedit_file(path):
+        converted = read_easyedit_hparams(path, method=mod.NAME)
+        log.info("read EasyEdit hyperparameters %s; ignored keys: %s", path, ", ".join(sorted(converted.ignored)) or "none")
         return mod, converted.hparams
     return mod, load_hparams(path, mod.Hparams)
 
