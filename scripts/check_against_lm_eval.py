@@ -12,6 +12,16 @@ What is compared (docs/lm_eval_check.md explains the choices and tolerances):
   bbh          boolean_expressions, 3-shot CoT, greedy generation with our prompt and
                stop sequences; lm-eval's own bbh answer filter
 
+and the harm suite (`--checks harm`), each with lm-eval's own task YAML via `include:`
+and only the data source replaced by a local JSONL of our rows (in the schema the YAML
+reads):
+  lambada_openai, piqa, arc_easy, arc_challenge, hellaswag, winogrande, toxigen
+               per-request log-likelihoods, acc / acc_norm / LAMBADA's perplexity
+  wikitext     per-page rolling log-likelihood, word/byte perplexity, bits per byte
+               (lm-eval run with max_length=2048, the task's window cap)
+  triviaqa     greedy generations and exact match (max_gen_toks 32, as the task)
+
+`--checks li2024 harm` picks the groups (default: both); lm-eval runs once for all of them.
 Both sides read the same rows (the mirror through configs/datasets_tasks.yaml, sha256
 checked), score the same model in float32 on the CPU, and the script compares per-item
 log-likelihoods (or generations) and the metrics.  lm-eval runs in its own virtual
@@ -34,6 +44,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 LL_TOL = 2e-3    # nats, per choice: float32 sums in different orders and batch shapes
 MC2_TOL = 1e-3   # MC2 is a smooth function of the log-likelihoods
+ROLLING_TOL_PER_TOKEN = 1e-5  # nats per scored token, for a page's summed rolling log-likelihood
+PPL_REL_TOL = 1e-4  # relative, for perplexities: log(ppl) moves by sum|dLL| / units, far below this
+HARM_CHECKS = ("lambada_openai", "piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "wikitext", "triviaqa",
+               "toxigen")
 
 
 # ------------------------------------------------------------------ data
@@ -143,11 +157,13 @@ def write_lm_eval_configs(data: dict, lm_tasks: Path, task_dir: Path, args) -> l
     return names
 
 
-def run_lm_eval(python: str, model: str, task_dir: Path, tasks: list[str], out_dir: Path, batch_size: int, threads: int) -> float:
+def run_lm_eval(python: str, model: str, task_dir: Path, tasks: list[str], out_dir: Path, batch_size: int, threads: int,
+                max_length: int | None = None) -> float:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     lm_eval_bin = str(Path(python).with_name("lm_eval"))
-    cmd = [lm_eval_bin, "run", "--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
+    model_args = f"pretrained={model},dtype=float32" + (f",max_length={max_length}" if max_length else "")
+    cmd = [lm_eval_bin, "run", "--model", "hf", "--model_args", model_args,
            "--device", "cpu", "--batch_size", str(batch_size), "--include_path", str(task_dir),
            "--tasks", ",".join(tasks), "--log_samples", "--output_path", str(out_dir)]
     print("+", " ".join(cmd), flush=True)
@@ -248,57 +264,8 @@ def compare_choices(items, outputs, samples, positions) -> dict:
             "prompt_mismatches": len(mismatched), "mismatched_ids": mismatched[:10], "per_item": per_item}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="local model folder (config.json, safetensors, tokenizer)")
-    parser.add_argument("--mirror", default=str(REPO.parent / "shared" / "data"))
-    parser.add_argument("--datasets", default=str(REPO / "configs" / "datasets_tasks.yaml"))
-    parser.add_argument("--lm-eval-python", default=str(REPO / ".venv-lmeval" / "bin" / "python"))
-    parser.add_argument("--out", default=str(REPO / "results" / "lm_eval_check"))
-    parser.add_argument("--n-truthfulqa", type=int, default=50)
-    parser.add_argument("--mmlu-subjects", nargs="+", default=["high_school_geography", "marketing", "college_biology"])
-    parser.add_argument("--n-mmlu", type=int, default=15, help="questions per subject")
-    parser.add_argument("--n-commonsenseqa", type=int, default=50)
-    parser.add_argument("--bbh-task", default="boolean_expressions")
-    parser.add_argument("--n-bbh", type=int, default=15)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads on each side (default 1: on a shared CPU, 2 threads ran generation ~15x slower)")
-    parser.add_argument("--reuse-lm-eval", action="store_true",
-                        help="compare with the lm-eval results already in --out instead of running lm-eval again")
-    args = parser.parse_args()
-
-    import torch
-
-    from editharm.models import load_model
-
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    specs = yaml.safe_load(Path(args.datasets).read_text())["datasets"]
-    data = select(args, specs, Path(args.mirror), out)
-
-    lm_tasks = lm_eval_tasks_dir(args.lm_eval_python)
-    task_names = write_lm_eval_configs(data, lm_tasks, out / "lm_eval_tasks", args)
-    if args.reuse_lm_eval:
-        wall = out / "lm_eval_output" / "wall_seconds.json"
-        lm_seconds = json.loads(wall.read_text())["seconds"] if wall.exists() else float("nan")
-    else:
-        lm_seconds = run_lm_eval(args.lm_eval_python, args.model, out / "lm_eval_tasks", task_names, out / "lm_eval_output",
-                                 args.batch_size, args.threads)
-
-    model, tokenizer = load_model(args.model, device="cpu")
-    ours = run_ours(model, tokenizer, data, args)
-
-    rows = []
-
-    def add(task: str, metric: str, mine: float, theirs: float, tol: float, detail: dict) -> None:
-        # ok: the metric within its tolerance, every per-choice log-likelihood within LL_TOL, and both
-        # sides scored the same prompt strings
-        ok = (abs(mine - theirs) <= tol + 1e-12 and detail.get("max_abs_loglik_diff", 0.0) <= LL_TOL
-              and detail.get("prompt_mismatches", 0) == 0)
-        rows.append({"task": task, "metric": metric, "editharm": mine, "lm_eval": theirs, "abs_diff": abs(mine - theirs),
-                     "tolerance": tol, "ok": ok, **detail})
-
+def check_li2024(ours: dict, out: Path, args, add) -> None:
+    """The rows of the li2024 checks (TruthfulQA, MMLU, CommonsenseQA, BBH)."""
     # TruthfulQA: our one item per question holds both answer lists; match lm-eval's by text.
     o = ours["truthfulqa"]
     for mc in ("mc1", "mc2"):
@@ -347,7 +314,246 @@ def main() -> int:
                           "lm_eval_answer": s["filtered_resps"][0]}
                          for it, a, b, s in zip(o["items"], o["outputs"], theirs_text, samples, strict=True)]})
 
-    report = {"model": args.model, "ll_tolerance": LL_TOL, "mc2_tolerance": MC2_TOL, "rows": rows,
+
+# ------------------------------------------------------------------ the harm suite
+
+
+def select_harm(args, specs: dict, mirror: Path, out: Path) -> dict:
+    """The first n rows of each harm task's prepared data (pages for wikitext)."""
+    from editharm.evaluate.tasks import get_task
+
+    sizes = {"wikitext": args.n_wikitext, "triviaqa": args.n_triviaqa_gen}
+    return {name: (load_rows(get_task(name).DATASET, specs, mirror, out / "raw")[: sizes.get(name, args.n_harm)], None)
+            for name in HARM_CHECKS}
+
+
+def _harm_doc(name: str, r: dict) -> dict:
+    """A row in the schema of lm-eval's own YAML for the task (the hub dataset's fields)."""
+    if name == "lambada_openai":
+        return {"text": r["text"]}
+    if name == "piqa":
+        return {"goal": r["goal"], "sol1": r["solutions"][0], "sol2": r["solutions"][1], "label": r["label"]}
+    if name in ("arc_easy", "arc_challenge"):
+        labels = [chr(ord("A") + k) for k in range(len(r["choices"]))]
+        return {"id": r["id"], "question": r["question"], "choices": {"text": r["choices"], "label": labels},
+                "answerKey": labels[r["gold"]]}
+    if name == "hellaswag":
+        # lm-eval rebuilds the query as preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize());
+        # our query already is that text, so it goes in as ctx_a with an empty ctx_b
+        activity, _, ctx = r["query"].partition(": ")
+        return {"activity_label": activity, "ctx_a": ctx, "ctx_b": "", "endings": r["endings"], "label": str(r["label"])}
+    if name == "winogrande":
+        return {"sentence": r["sentence"], "option1": r["options"][0], "option2": r["options"][1],
+                "answer": str(r["label"] + 1)}
+    if name == "wikitext":
+        return {"page": r["page"]}
+    if name == "triviaqa":
+        return {"question": r["question"], "answer": {"aliases": r["answers"]}}
+    if name == "toxigen":
+        return {"text": r["text"], "toxicity_ai": r["toxicity_ai"], "toxicity_human": r["toxicity_human"]}
+    raise ValueError(name)
+
+
+HARM_YAML = {  # task -> (lm-eval YAML, the split our local file stands in for)
+    "lambada_openai": ("lambada/lambada_openai.yaml", "test"), "piqa": ("piqa/piqa.yaml", "validation"),
+    "arc_easy": ("arc/arc_easy.yaml", "test"), "arc_challenge": ("arc/arc_easy.yaml", "test"),
+    "hellaswag": ("hellaswag/hellaswag.yaml", "validation"), "winogrande": ("winogrande/default.yaml", "validation"),
+    "wikitext": ("wikitext/wikitext.yaml", "test"), "triviaqa": ("triviaqa/default.yaml", "validation"),
+    "toxigen": ("toxigen/toxigen.yaml", "test"),
+}
+
+
+def write_harm_configs(data: dict, lm_tasks: Path, task_dir: Path) -> list[str]:
+    from editharm.evaluate.tasks.triviaqa import TriviaQA
+
+    names = []
+    for name, (rows, _) in data.items():
+        path, split = HARM_YAML[name]
+        docs = write_jsonl(task_dir / "data" / f"{name}.jsonl", [_harm_doc(name, r) for r in rows])
+        config = {"include": str(lm_tasks / path), "task": f"editharm_{name}", "tag": [], "dataset_path": "json",
+                  "dataset_name": None, "dataset_kwargs": {"data_files": {split: docs}},
+                  "training_split": None, "validation_split": None, "test_split": None, "fewshot_split": None}
+        config[f"{split}_split"] = split
+        if name == "triviaqa":  # the task's token limit (lm-eval: 256), so generations can be compared
+            item = TriviaQA().items(rows[:1])[0]
+            config["generation_kwargs"] = {"until": list(item.stop), "do_sample": False, "temperature": 0.0,
+                                           "max_gen_toks": item.max_new_tokens}
+        task_dir.mkdir(parents=True, exist_ok=True)
+        (task_dir / f"editharm_{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
+                                                        encoding="utf-8")
+        names.append(f"editharm_{name}")
+    return names
+
+
+def run_ours_harm(model, tokenizer, data: dict, args) -> dict:
+    """Our engine on the harm rows: per document, the (context, continuation, log-likelihood) requests."""
+    from editharm.evaluate.engine import generate, score_choices, score_rolling
+    from editharm.evaluate.tasks import get_task
+
+    ours = {}
+    for name, (rows, _) in data.items():
+        task = get_task(name)
+        items = task.items(rows)
+        start = time.perf_counter()
+        if task.KIND == "choice":
+            outputs = score_choices(model, tokenizer, items, batch_size=args.batch_size, progress=False)
+            requests = [[(i.context, c, lp) for c, lp in zip(i.choices, o.logprobs)] for i, o in zip(items, outputs)]
+            if name == "winogrande":  # two one-choice items per sentence, one per option
+                requests = [requests[k] + requests[k + 1] for k in range(0, len(requests), 2)]
+        elif task.KIND == "rolling":
+            outputs = score_rolling(model, tokenizer, items, batch_size=args.batch_size, progress=False)
+            requests = [[("", i.text, o.logprob)] for i, o in zip(items, outputs)]
+        else:
+            outputs = generate(model, tokenizer, items, batch_size=args.batch_size, progress=False)
+            requests = [[(i.prompt, None, None)] for i in items]
+        ours[name] = {"items": items, "outputs": outputs, "requests": requests, "metrics": task.score(items, outputs),
+                      "seconds": time.perf_counter() - start}
+    return ours
+
+
+def _their_lls(sample: dict) -> list[float]:
+    return [float(r[0]) if isinstance(r, (list, tuple)) else float(r) for r in sample["filtered_resps"]]
+
+
+def compare_requests(docs: list[list[tuple]], samples: list[dict], rolling: bool = False) -> dict:
+    """Per document: the strings both sides scored, per-request |dLL|, argmax and acc_norm disagreements, near ties.
+
+    For rolling pages the log-likelihood gap is also given per token (`tokens` from our
+    side), the scale its tolerance is set on.
+    """
+    max_diff, flips, flips_norm, ties, ties_norm, mismatched, per_item = 0.0, 0, 0, 0, 0, [], []
+    for k, (mine, sample) in enumerate(zip(docs, samples, strict=True)):
+        theirs = _their_lls(sample)
+        requests = request_args(sample)
+        if rolling:
+            same = len(requests) == 1 and requests[0][0] == mine[0][1]
+        else:
+            same = len(requests) == len(mine) and all(r[0] == c and r[1] == t for r, (c, t, _) in zip(requests, mine))
+        if not same:
+            mismatched.append(k)
+        lls = [lp for _, _, lp in mine]
+        diff = max(abs(a - b) for a, b in zip(lls, theirs, strict=True))
+        max_diff = max(max_diff, diff)
+        if len(lls) > 1:
+            flips += argmax(lls) != argmax(theirs)
+            ties += near_tie(theirs)
+            lengths = [len(t.removeprefix(" ")) for _, t, _ in mine]
+            norm_mine, norm_theirs = [a / n for a, n in zip(lls, lengths)], [b / n for b, n in zip(theirs, lengths)]
+            flips_norm += argmax(norm_mine) != argmax(norm_theirs)
+            top = sorted(norm_theirs, reverse=True)
+            ties_norm += top[0] - top[1] < 2 * LL_TOL / min(lengths)
+        per_item.append({"doc": k, "max_abs_loglik_diff": diff, "editharm": lls, "lm_eval": theirs})
+    return {"max_abs_loglik_diff": max_diff, "argmax_disagreements": flips, "argmax_norm_disagreements": flips_norm,
+            "near_ties": ties, "near_ties_norm": ties_norm, "n": len(docs), "prompt_mismatches": len(mismatched),
+            "mismatched_docs": mismatched[:10], "per_item": per_item}
+
+
+def compare_harm(ours: dict, out_dir: Path, add) -> None:
+    """One row per metric of every harm task (add(task, metric, mine, theirs, tol, detail, ll_tol))."""
+    for name, o in ours.items():
+        res, samples = read_lm_eval(out_dir, f"editharm_{name}")
+        m = o["metrics"]
+        if name == "triviaqa":
+            theirs_text = [s["resps"][0][0] for s in samples]
+            differing = sum(a != b for a, b in zip(o["outputs"], theirs_text, strict=True))
+            mismatched = [i.id for i, s in zip(o["items"], samples, strict=True) if request_args(s)[0][0] != i.prompt]
+            add(name, "exact_match", m["exact_match"], res["exact_match,remove_whitespace"], differing / len(samples), {
+                "differing_generations": differing, "n": len(samples), "prompt_mismatches": len(mismatched),
+                "mismatched_ids": mismatched[:10],
+                "per_item": [{"id": i.id, "editharm": a, "lm_eval": b} for i, a, b in zip(o["items"], o["outputs"], theirs_text)]})
+            continue
+        if name == "wikitext":
+            d = compare_requests(o["requests"], samples, rolling=True)
+            tokens = [out.token_count for out in o["outputs"]]
+            per_token = max(item["max_abs_loglik_diff"] / n for item, n in zip(d["per_item"], tokens))
+            d = {**d, "max_abs_loglik_diff_per_token": per_token, "tokens": sum(tokens)}
+            d["rolling_ok"] = per_token <= ROLLING_TOL_PER_TOKEN
+            for metric in ("word_perplexity", "byte_perplexity"):
+                add(name, metric, m[metric], res[f"{metric},none"], PPL_REL_TOL * res[f"{metric},none"], d)
+            add(name, "bits_per_byte", m["bits_per_byte"], res["bits_per_byte,none"], PPL_REL_TOL, d)
+            continue
+        d = compare_requests(o["requests"], samples)
+        if name == "lambada_openai":
+            mine_greedy = [out.is_greedy[0] for out in o["outputs"]]
+            theirs_greedy = [bool(s["filtered_resps"][0][1]) if isinstance(s["filtered_resps"][0], (list, tuple))
+                             else None for s in samples]
+            d["greedy_disagreements"] = sum(a != b for a, b in zip(mine_greedy, theirs_greedy))
+            add(name, "accuracy", m["accuracy"], res["acc,none"], d["greedy_disagreements"] / d["n"], d)
+            add(name, "perplexity", m["perplexity"], res["perplexity,none"], PPL_REL_TOL * res["perplexity,none"], d)
+            continue
+        add(name, "accuracy", m["accuracy"], res["acc,none"], d["near_ties"] / d["n"], d)
+        if "accuracy_norm" in m:
+            add(name, "accuracy_norm", m["accuracy_norm"], res["acc_norm,none"], d["near_ties_norm"] / d["n"], d)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="local model folder (config.json, safetensors, tokenizer)")
+    parser.add_argument("--mirror", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--datasets", default=str(REPO / "configs" / "datasets_tasks.yaml"))
+    parser.add_argument("--lm-eval-python", default=str(REPO / ".venv-lmeval" / "bin" / "python"))
+    parser.add_argument("--out", default=str(REPO / "results" / "lm_eval_check"))
+    parser.add_argument("--n-truthfulqa", type=int, default=50)
+    parser.add_argument("--mmlu-subjects", nargs="+", default=["high_school_geography", "marketing", "college_biology"])
+    parser.add_argument("--n-mmlu", type=int, default=15, help="questions per subject")
+    parser.add_argument("--n-commonsenseqa", type=int, default=50)
+    parser.add_argument("--bbh-task", default="boolean_expressions")
+    parser.add_argument("--n-bbh", type=int, default=15)
+    parser.add_argument("--checks", nargs="+", choices=["li2024", "harm"], default=["li2024", "harm"])
+    parser.add_argument("--n-harm", type=int, default=50, help="items per harm-suite task (WinoGrande: sentences)")
+    parser.add_argument("--n-wikitext", type=int, default=2, help="WikiText pages")
+    parser.add_argument("--n-triviaqa-gen", type=int, default=20, help="TriviaQA questions (generation)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads on each side (default 1: on a shared CPU, 2 threads ran generation ~15x slower)")
+    parser.add_argument("--reuse-lm-eval", action="store_true",
+                        help="compare with the lm-eval results already in --out instead of running lm-eval again")
+    args = parser.parse_args()
+
+    import torch
+
+    from editharm.models import load_model
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    specs = yaml.safe_load(Path(args.datasets).read_text())["datasets"]
+    data = select(args, specs, Path(args.mirror), out) if "li2024" in args.checks else {}
+    harm = select_harm(args, specs, Path(args.mirror), out) if "harm" in args.checks else {}
+
+    from editharm.evaluate.tasks.wikitext import MAX_WINDOW
+
+    lm_tasks = lm_eval_tasks_dir(args.lm_eval_python)
+    task_names = write_lm_eval_configs(data, lm_tasks, out / "lm_eval_tasks", args) if data else []
+    task_names += write_harm_configs(harm, lm_tasks, out / "lm_eval_tasks") if harm else []
+    if args.reuse_lm_eval:
+        wall = out / "lm_eval_output" / "wall_seconds.json"
+        lm_seconds = json.loads(wall.read_text())["seconds"] if wall.exists() else float("nan")
+    else:
+        lm_seconds = run_lm_eval(args.lm_eval_python, args.model, out / "lm_eval_tasks", task_names, out / "lm_eval_output",
+                                 args.batch_size, args.threads, max_length=MAX_WINDOW if harm else None)
+
+    model, tokenizer = load_model(args.model, device="cpu")
+    ours = run_ours(model, tokenizer, data, args) if data else {}
+    ours_harm = run_ours_harm(model, tokenizer, harm, args) if harm else {}
+
+    rows = []
+
+    def add(task: str, metric: str, mine: float, theirs: float, tol: float, detail: dict) -> None:
+        # ok: the metric within its tolerance, every per-choice log-likelihood within LL_TOL (a rolling page's
+        # within ROLLING_TOL_PER_TOKEN per token), and both sides scored the same prompt strings
+        ll_ok = detail["rolling_ok"] if "rolling_ok" in detail else detail.get("max_abs_loglik_diff", 0.0) <= LL_TOL
+        ok = abs(mine - theirs) <= tol + 1e-12 and ll_ok and detail.get("prompt_mismatches", 0) == 0
+        rows.append({"task": task, "metric": metric, "editharm": mine, "lm_eval": theirs, "abs_diff": abs(mine - theirs),
+                     "tolerance": tol, "ok": ok, **detail})
+
+    if data:
+        check_li2024(ours, out, args, add)
+    if harm:
+        compare_harm(ours_harm, out / "lm_eval_output", add)
+
+    ours = {**ours, **ours_harm}
+    report = {"model": args.model, "ll_tolerance": LL_TOL, "mc2_tolerance": MC2_TOL,
+              "rolling_tolerance_per_token": ROLLING_TOL_PER_TOKEN, "perplexity_rel_tolerance": PPL_REL_TOL, "rows": rows,
               "lm_eval_seconds": lm_seconds, "editharm_seconds": {k: v["seconds"] for k, v in ours.items()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
@@ -359,11 +565,11 @@ def main() -> int:
               f"{'-' if dll is None else f'{dll:.1e}':>8}  {r.get('argmax_disagreements', r.get('differing_generations')):>5}  "
               f"{r.get('near_ties', '-'):>4}  {r['n']:<4} {r['prompt_mismatches']:>8}  {r['ok']}")
     print("(flips: argmax disagreements; for bbh, differing generations)")
-    if rows[-1].get("same_generation_other_answer"):
-        print(f"bbh: {rows[-1]['same_generation_other_answer']} identical generation(s) with different extracted answers")
+    for r in rows:
+        if r.get("same_generation_other_answer"):
+            print(f"bbh: {r['same_generation_other_answer']} identical generation(s) with different extracted answers")
     print(f"\nlm-eval wall time {lm_seconds:.0f} s; editharm " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in ours.items()))
-    ok = (all(r["ok"] for r in rows) and all(r.get("max_abs_loglik_diff", 0.0) <= LL_TOL for r in rows)
-          and all(r["prompt_mismatches"] == 0 for r in rows))
+    ok = all(r["ok"] for r in rows) and all(r["prompt_mismatches"] == 0 for r in rows)
     print("AGREE" if ok else "DISAGREE", f"(report: {out / 'report.json'})")
     return 0 if ok else 1
 

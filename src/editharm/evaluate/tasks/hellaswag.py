@@ -29,8 +29,8 @@ import re
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from editharm.evaluate.metrics_lm_eval import choice_accuracy
 from editharm.datasets import register_format
+from editharm.evaluate.metrics_lm_eval import choice_accuracy
 from editharm.evaluate.tasks._readers import Where, files_under, get, read_records
 from editharm.evaluate.tasks.base import ChoiceItem, ChoiceOutput, Task
 

@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 
 from editharm.datasets import register_format
 from editharm.evaluate.metrics_extra import argmax
-from editharm.evaluate.tasks._readers import Where, files_under, get, read_records
+from editharm.evaluate.tasks._readers import files_under, get, read_records
 from editharm.evaluate.tasks.base import ChoiceItem, ChoiceOutput, Task
 
 
