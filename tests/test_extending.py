@@ -46,6 +46,7 @@ def test_a_toy_method_in_its_own_module_is_scheduled(tmp_path):
     config["models"]["tiny-llama"].pop("hparams")
     config["methods"] = {"toy": {"hparams_dir": str(tmp_path / "hparams"), "module": "toy_method"}}
     config["experiments"]["regularisers"]["methods"] = ["toy"]
+    config["tasks"] = {"sst2": {"n": 5}}  # one task, so each checkpoint has one score job
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "src")])}
     result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
