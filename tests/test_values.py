@@ -138,3 +138,83 @@ def test_context_templates_are_seeded_and_kept_in_state(tiny):
     assert ctx.state["context_templates"] == first == a
     ctx.state["context_templates"] = [["{}"], ["kept. {}"]]
     assert context_templates(model, tok, ctx, [[4, 5]]) == [["{}"], ["kept. {}"]]
+
+
+# ------------------------------------------------------------------ an independent reference of the loss
+
+def _reference_loss(model, tok, facts, request, templates, layer, delta, v_norm, kl_factor, weight_decay):
+    """ROME's eq. 4 written out plainly (kmeng01/rome compute_v), one full forward pass per prompt and
+    a hook of its own: NLL of the target tokens summed per prompt and divided by their count, then
+    averaged over the context templates; kl_factor * KL(edited || unedited) of the next-token
+    distribution at the subject's last token of "{subject} is a" (torch's kl_div(init, edited,
+    log_target=True), as the reference calls it); weight_decay * |delta| / |v|^2."""
+    name = facts.mlp_down.format(layer)
+
+    def run(ids, pos, add):
+        def hook(module, args, output):
+            if not add:
+                return output
+            out = output.clone()
+            out[0, pos] = out[0, pos] + delta
+            return out
+        handle = model.get_submodule(name).register_forward_hook(hook)
+        try:
+            return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+        finally:
+            handle.remove()
+
+    answer = tok(" " + request.target_new, add_special_tokens=False)["input_ids"]
+    nlls = []
+    for template in templates:
+        text = template.replace("{}", request.prompt.replace("{}", request.subject))
+        end = template.index("{}") + request.prompt.index("{}") + len(request.subject)
+        pos = len(tok(text[:end])["input_ids"]) - 1
+        prompt_ids = tok(text)["input_ids"]
+        logp = run(prompt_ids + answer[:-1], pos, True)
+        n = len(prompt_ids)
+        nlls.append(-sum(logp[n - 1 + j, t] for j, t in enumerate(answer)) / len(answer))
+    nll = torch.stack(nlls).mean()
+    kl_text = f"{request.subject} is a"
+    kl_pos = len(tok(request.subject)["input_ids"]) - 1
+    kl_ids = tok(kl_text)["input_ids"]
+    with torch.no_grad():
+        init = run(kl_ids, kl_pos, False)[kl_pos]
+    edited = run(kl_ids, kl_pos, True)[kl_pos]
+    kl = torch.nn.functional.kl_div(init[None], edited[None], log_target=True, reduction="batchmean")
+    return nll + kl_factor * kl + weight_decay * delta.norm() / v_norm ** 2, nll, kl
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_optimiser_loss_and_gradient_equal_a_plain_reference(family):
+    model, tok = random_model(family, seed=1, hidden=32, layers=3, heads=4)
+    facts = facts_for(model)
+    request, layer = REQUESTS[0], 1
+    kl_factor, weight_decay = 2.0, 0.5
+    problem = ValueProblem(model, tok, facts, [request], layer, TEMPLATES, sites=("mlp",))
+    # A large first step (the random model's outputs are small, so a loose clamp), so that KL(edited ||
+    # unedited) and its reverse differ well beyond tolerance.
+    settings = ValueSettings(num_steps=2, lr=0.5, weight_decay=weight_decay, clamp_norm_factor=30.0,
+                             kl_factor=kl_factor, stop_loss=-1.0)
+    # Two steps: the loss at delta = 0, one Adam step, the loss at delta_1 != 0 (where KL and decay are on).
+    result = optimize_values(problem, settings)
+    delta1 = result.deltas["mlp"][0].detach()
+    assert delta1.norm() > 0
+    v_norm = problem.references["mlp"][0].norm()
+    zero = torch.zeros_like(delta1)
+    loss0, nll0, _ = _reference_loss(model, tok, facts, request, TEMPLATES, layer, zero, v_norm, kl_factor, weight_decay)
+    assert result.history[0][0] == pytest.approx(float(loss0), rel=1e-4)
+    d = delta1.clone().requires_grad_(True)
+    loss1, nll1, kl1 = _reference_loss(model, tok, facts, request, TEMPLATES, layer, d, v_norm, kl_factor, weight_decay)
+    assert float(kl1) > 1e-6 and float(weight_decay * d.detach().norm() / v_norm ** 2) > 1e-6  # every term is live
+    assert result.history[0][1] == pytest.approx(float(loss1), rel=1e-4)
+    assert result.nll_history[0][1] == pytest.approx(float(nll1), rel=1e-4)
+    assert result.kl_history[0][1] == pytest.approx(float(kl1), rel=1e-3, abs=1e-7)
+    # The optimiser's gradient at delta_1, term by term (a small term's error must not hide behind the
+    # NLL's): its loss as optimize_values builds it, from problem.losses.
+    leaf = delta1.clone()[None].requires_grad_(True)
+    terms = problem.losses({"mlp": leaf}, [0])
+    decay = weight_decay * leaf.norm(dim=-1) / v_norm ** 2
+    for got, want in ((terms.nll, nll1), (terms.kl, kl1), (terms.nll + kl_factor * terms.kl + decay, loss1)):
+        (got_grad,) = torch.autograd.grad(got.sum(), [leaf], retain_graph=True)
+        (want_grad,) = torch.autograd.grad(want, [d], retain_graph=True)
+        torch.testing.assert_close(got_grad[0], want_grad, rtol=1e-3, atol=1e-5 * float(want_grad.abs().max()))
