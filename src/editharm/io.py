@@ -67,14 +67,16 @@ def json_text(obj: Any, where: str | os.PathLike, indent: int | None = None) -> 
         if "JSON compliant" not in str(e):
             raise
         raise DataError(
-            f"{where}: refusing to write the non-finite number at {_nonfinite_key(obj) or '(a converted value)'}: "
+            f"{where}: refusing to write the non-finite number at {nonfinite_key(obj) or '(a converted value)'}: "
             "NaN/Infinity is not valid JSON, and in a result it means a computation diverged. "
             "Find why it is not finite (e.g. a learning rate too large) instead of writing it."
         ) from e
 
 
-def _nonfinite_key(obj: Any, prefix: str = "") -> str | None:
-    """Path (e.g. `rows[3].loss`) to the first NaN/Inf float inside nested dicts and lists."""
+def nonfinite_key(obj: Any, prefix: str = "") -> str | None:
+    """Path (e.g. `rows[3].loss`) to the first NaN/Inf inside nested dicts, lists, tensors and arrays."""
+    if hasattr(obj, "tolist") and not isinstance(obj, (list, tuple, dict)):  # torch/numpy values
+        obj = obj.tolist()
     if isinstance(obj, float):
         return None if math.isfinite(obj) else (prefix or "(top level)")
     if isinstance(obj, dict):
@@ -84,7 +86,7 @@ def _nonfinite_key(obj: Any, prefix: str = "") -> str | None:
     else:
         return None
     for key, value in items:
-        found = _nonfinite_key(value, key)
+        found = nonfinite_key(value, key)
         if found:
             return found
     return None

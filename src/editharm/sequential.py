@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import shutil
 import sys
@@ -25,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from editharm.checkpoint import load_bundle, save_bundle, save_checkpoint, write_tensors
-from editharm.io import provenance, write_jsonl
+from editharm.io import nonfinite_key, provenance, write_jsonl
 from editharm.methods.base import EditContext
 from editharm.regularize import parse_regulariser
 from editharm.requests import EditRequest
@@ -136,29 +135,15 @@ class DivergedEditError(RuntimeError):
 
 
 def check_finite_info(info: dict, where: str) -> None:
-    """Raise if any number in a method's info (nested lists/dicts, scalar tensors) is NaN/Inf.
+    """Raise if any number in a method's info (nested lists/dicts, tensors) is NaN/Inf.
 
     A NaN loss means the value optimisation diverged or never ran (0 steps); the edit's
     weights are then meaningless even when they happen to be finite.
     """
-    def walk(value, key):
-        if isinstance(value, torch.Tensor):
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                yield key, value
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                yield key, value
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                yield from walk(v, f"{key}.{k}" if key else str(k))
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                yield from walk(v, f"{key}[{i}]")
-
-    bad = next(walk(info, ""), None)
-    if bad is not None:
+    key = nonfinite_key(info)
+    if key is not None:
         raise DivergedEditError(
-            f"{where}: the method reports {bad[0]} = {bad[1]}, not a finite number: its optimisation diverged "
+            f"{where}: the method reports {key} as NaN or Inf, not a finite number: its optimisation diverged "
             "or ran no step; nothing was saved. Check the method's hyperparameter file (learning rate, number of steps)."
         )
 
