@@ -2,9 +2,12 @@
 
 Each CounterFact request is edited on its own: the update is added, the edit prompt
 (and its paraphrases and neighbourhood prompts) is scored, and the original weight is
-put back, so every edit starts from the unedited model.
+put back, so every edit starts from the unedited model. With --sequential the edits
+accumulate instead (as the pipeline applies them, updates.write_update): each edit's
+efficacy is scored right after it, and after the last edit every edit so far is
+scored again (retention).
 
-    .venv/bin/python benchmarks/bench_rome.py [--model /tmp/smol] [--n 20] [--threads 1]
+    .venv/bin/python benchmarks/bench_rome.py [--model /tmp/smol] [--n 20] [--threads 1] [--sequential]
 
 Efficacy, paraphrase and neighbourhood scores follow ROME's CounterFact comparison:
 an edit succeeds when the mean per-token NLL of target_new is below target_true's
@@ -32,9 +35,12 @@ from editharm.methods.covariance import collect_second_moments, load_second_mome
 from editharm.methods.values import target_ids
 from editharm.editsets import convert_file
 from editharm.models import facts_for, load_model
+from editharm.regularize import parse_regulariser
+from editharm.updates import write_update
 from editharm.requests import EditRequest
 
 ROOT = Path(__file__).resolve().parents[1]
+MIRROR = ROOT.parent / "shared" / "data"   # the data mirror next to the checkout, as in config.yaml
 
 
 def counterfact_requests(path: str | Path, n: int) -> list[EditRequest]:
@@ -69,14 +75,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="/tmp/smol")
     ap.add_argument("--hparams", default=str(ROOT / "configs/methods/rome/llama.yaml"))
-    ap.add_argument("--counterfact", default="/work/shared/data/counterfact/counterfact_filtered.json")
-    ap.add_argument("--corpus", default="/work/shared/data/wikitext2_tokenized/valid.txt")
+    ap.add_argument("--counterfact", default=str(MIRROR / "counterfact" / "counterfact_filtered.json"))
+    ap.add_argument("--corpus", default=str(MIRROR / "wikitext2_tokenized" / "valid.txt"))
     ap.add_argument("--cov", help="second-moment file (save_second_moment); computed from --corpus when absent")
     ap.add_argument("--cov-tokens", type=int, default=20000)
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--layer", type=int, help="override the hparams layer")
     ap.add_argument("--threads", type=int, help="torch threads (1 is faster than 2 on a loaded shared machine)")
     ap.add_argument("--no-generalization", action="store_true", help="score only the edit prompt")
+    ap.add_argument("--sequential", action="store_true",
+                    help="keep every edit (no restore); report retention of all edits after the last one")
+    ap.add_argument("--json", help="write the per-edit rows and the summary to this file")
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -107,38 +116,60 @@ def main(argv: list[str] | None = None) -> None:
     param = model.get_parameter(facts.down_weight_name(hp.layer))
     original = param.detach().clone()
     rows = []
-    for req in requests:
+    for i, req in enumerate(requests):
         t, c = time.perf_counter(), time.process_time()
         update = rome.apply(model, tokenizer, [req], hp, context)
         seconds, cpu = time.perf_counter() - t, time.process_time() - c
-        with torch.no_grad():
-            param += update.deltas[facts.down_weight_name(hp.layer)]
-        eff = success(model, tokenizer, [req.filled_prompt], req.target_new, req.target_true)[0]
+        write_update(rome, model, tokenizer, [req], hp, context, update, parse_regulariser("none"), 0, i)
         row = {"case": req.case_id, "seconds": seconds, "cpu_seconds": cpu, "steps": update.info["steps"],
-               "loss": update.info["loss"],
-               "efficacy": eff}
-        if not args.no_generalization:
-            para = success(model, tokenizer, list(req.paraphrases), req.target_new, req.target_true)
-            neigh = success(model, tokenizer, [p.prompt for p in req.locality], req.target_new, req.target_true)
-            row["paraphrase"] = sum(para) / max(1, len(para))
-            row["neighbourhood"] = sum(not x for x in neigh) / max(1, len(neigh))
-        with torch.no_grad():
-            param.copy_(original)
+               "loss": update.info["loss"]} | scores(model, tokenizer, req, not args.no_generalization)
+        if not args.sequential:
+            with torch.no_grad():
+                param.copy_(original)
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    retained = [scores(model, tokenizer, req, not args.no_generalization) for req in requests] if args.sequential else None
 
-    print(f"\nROME on {args.model}, layer {hp.layer}, {len(rows)} CounterFact edits, threads {torch.get_num_threads()}, "
-          f"load {os.getloadavg()}")
-    print(f"median seconds per edit: {statistics.median(r['seconds'] for r in rows):.2f}")
-    print(f"mean seconds per edit:   {statistics.mean(r['seconds'] for r in rows):.2f}")
+    summary = {
+        "model": args.model, "layer": hp.layer, "edits": len(rows), "mode": "sequential" if args.sequential else "single",
+        "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+        "median_seconds": statistics.median(r["seconds"] for r in rows),
+        "median_cpu_seconds": statistics.median(r["cpu_seconds"] for r in rows),
+        "mean_cpu_seconds": statistics.mean(r["cpu_seconds"] for r in rows),
+        "median_steps": statistics.median(r["steps"] for r in rows),
+        "mean_steps": statistics.mean(r["steps"] for r in rows),
+        # Right after each edit (with --sequential, on the model holding all edits up to it).
+        "immediate": _means(rows),
+    }
+    if retained is not None:
+        summary["retained_after_last_edit"] = _means(retained)
+    print(f"\nROME on {args.model}, layer {hp.layer}, {len(rows)} CounterFact edits ({summary['mode']}), "
+          f"threads {torch.get_num_threads()}, load {os.getloadavg()}")
+    print(f"median seconds per edit: {summary['median_seconds']:.2f}")
     # CPU time of this process: what the edit costs without other jobs competing for the cores.
-    print(f"median CPU seconds per edit: {statistics.median(r['cpu_seconds'] for r in rows):.2f}")
-    print(f"optimisation steps: median {statistics.median(r['steps'] for r in rows)}, mean {statistics.mean(r['steps'] for r in rows):.1f}")
-    print(f"efficacy: {sum(r['efficacy'] for r in rows) / len(rows):.3f}")
-    if not args.no_generalization:
-        print(f"paraphrase: {statistics.mean(r['paraphrase'] for r in rows):.3f}")
-        print(f"neighbourhood: {statistics.mean(r['neighbourhood'] for r in rows):.3f}")
+    print(f"median CPU seconds per edit: {summary['median_cpu_seconds']:.2f} (mean {summary['mean_cpu_seconds']:.2f})")
+    print(f"optimisation steps: median {summary['median_steps']}, mean {summary['mean_steps']:.1f}")
+    print("right after each edit: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["immediate"].items()))
+    if retained is not None:
+        print("all edits after the last: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["retained_after_last_edit"].items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"summary": summary, "rows": rows, "retained": retained}, indent=1))
     sys.stdout.flush()
+
+
+def scores(model, tokenizer, req: EditRequest, generalization: bool) -> dict:
+    row = {"efficacy": float(success(model, tokenizer, [req.filled_prompt], req.target_new, req.target_true)[0])}
+    if generalization:
+        para = success(model, tokenizer, list(req.paraphrases), req.target_new, req.target_true)
+        neigh = success(model, tokenizer, [p.prompt for p in req.locality], req.target_new, req.target_true)
+        row["paraphrase"] = sum(para) / max(1, len(para))
+        row["neighbourhood"] = sum(not x for x in neigh) / max(1, len(neigh))
+    return row
+
+
+def _means(rows: list[dict]) -> dict:
+    keys = [k for k in ("efficacy", "paraphrase", "neighbourhood") if k in rows[0]]
+    return {k: statistics.mean(r[k] for r in rows) for k in keys}
 
 
 if __name__ == "__main__":
