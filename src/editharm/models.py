@@ -369,10 +369,11 @@ def gguf_metadata(path: str | Path, key: str) -> Any:
             return f.read(n).decode("utf-8", "replace")
         if vtype == _GGUF_ARRAY:
             itype, count = read(f, "<I"), read(f, "<Q")
-            items = [value(f, itype, keep) for _ in range(count)] if itype in (_GGUF_STRING, _GGUF_ARRAY) else None
-            if items is None:
-                f.seek(struct.calcsize(_GGUF_SCALARS[itype]) * count, 1)
-            return items if keep else None
+            if itype in (_GGUF_STRING, _GGUF_ARRAY) or keep:
+                items = [value(f, itype, keep) for _ in range(count)]
+                return items if keep else None
+            f.seek(struct.calcsize(_GGUF_SCALARS[itype]) * count, 1)  # e.g. 49k token scores: skipped unread
+            return None
         return read(f, _GGUF_SCALARS[vtype])
 
     with open(path, "rb") as f:
