@@ -101,3 +101,25 @@ def test_editor_export_equals_checkpoint_export(workflow_run, tmp_path):
     a = AutoModelForCausalLM.from_pretrained(direct).state_dict()
     b = AutoModelForCausalLM.from_pretrained(via_checkpoint).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lm_eval_hf_backend_reads_the_export(workflow_run, tmp_path):
+    """lm-evaluation-harness's `hf` model (not a dependency of editharm: runs where it is installed)
+    scores the exported folder with the edited model's log-likelihoods."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    root, _, checkpoint = workflow_run
+    folder = export_checkpoint(checkpoint, tmp_path / "hf")
+    lm = HFLM(pretrained=str(folder), device="cpu", batch_size=1, dtype="float32")
+    context, continuation = "The mother tongue of Danielle Darrieux is", " English"
+    (logprob, _), = lm.loglikelihood([Instance("loglikelihood", {}, (context, continuation), 0)], disable_tqdm=True)
+    edited, tok = jobs.load_edited_model(str(root / "cache/models/tiny"), str(checkpoint / "checkpoint.safetensors"),
+                                         str(checkpoint / "checkpoint.json"))
+    ids = tok(context + continuation, return_tensors="pt").input_ids
+    n_context = len(tok(context).input_ids)
+    with torch.no_grad():
+        logits = edited(ids).logits.log_softmax(-1)[0]
+    want = sum(float(logits[i - 1, ids[0, i]]) for i in range(n_context, ids.shape[1]))
+    assert logprob == pytest.approx(want, abs=1e-4)
