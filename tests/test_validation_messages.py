@@ -304,3 +304,13 @@ def test_schema_refuses_unpinned_gguf_and_non_commit_revisions():
     assert any("sha256" in e.message for e in validator.iter_errors(config))
     config["models"]["smollm2-135m"]["source"] = {"kind": "hub", "hub_id": "gpt2-xl", "revision": "main"}
     assert any(e.validator == "pattern" for e in validator.iter_errors(config))
+
+
+def test_only_errors_about_a_raw_file_are_traced_to_its_source(tmp_path):
+    from editharm.datasets import describe_origin
+
+    full = (ROOT / "tests" / "fixtures" / "mirror" / "zsre" / "zsre_tiny.json").read_text()
+    mirror_file, raw, _ = _mirror_with(tmp_path, full)
+    assert describe_origin(raw, "no .jsonl file among the raw files; check `files`") == ""
+    assert str(mirror_file) in describe_origin(raw, "Expecting value: line 1 column 1 (char 0)", all_if_unnamed=True)
+    assert str(mirror_file) in describe_origin(raw, f"{raw / 'zsre.json'}: invalid JSON at line 3")

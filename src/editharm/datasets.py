@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from json import JSONDecodeError
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -63,21 +64,23 @@ def prepare(raw_dir: str | Path, spec: dict, out_path: str | Path) -> int:
     try:
         return write_jsonl(out_path, normalise(Path(raw_dir), spec))
     except ValueError as e:  # DataError, json.JSONDecodeError, UnicodeDecodeError: a raw file is malformed
-        origin = describe_origin(Path(raw_dir), str(e))
+        # A decoder's own error names no file: then every raw file is a suspect.
+        origin = describe_origin(Path(raw_dir), str(e), all_if_unnamed=isinstance(e, (JSONDecodeError, UnicodeDecodeError)))
         if not origin:
             raise
         raise DataError(f"{e}\n{origin}") from e
 
 
-def describe_origin(raw_dir: Path, message: str) -> str:
-    """Where the raw files named in `message` (all, if it names none) came from, and how to fix them."""
+def describe_origin(raw_dir: Path, message: str, all_if_unnamed: bool = False) -> str:
+    """Where the raw files named in `message` came from, and how to fix them ("" if it names none,
+    unless `all_if_unnamed`)."""
     from editharm.io import read_json, sha256_file
 
     manifest_path = raw_dir / "manifest.json"
     if not manifest_path.is_file():
         return ""
     entries = (read_json(manifest_path).get("files") or {}).get("files") or {}
-    named = {n: e for n, e in entries.items() if str(raw_dir / n) in message} or entries
+    named = {n: e for n, e in entries.items() if str(raw_dir / n) in message} or (entries if all_if_unnamed else {})
     lines = []
     for name, entry in sorted(named.items()):
         copy, location, recorded = raw_dir / name, entry.get("location"), entry.get("sha256")
