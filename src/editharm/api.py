@@ -85,6 +85,9 @@ def workspace(config: str | os.PathLike | dict | Workspace | None = None,
         return config if cache_dir is None else dataclasses.replace(config, cache_dir=Path(cache_dir).expanduser())
     if isinstance(config, dict):
         raw, root = copy.deepcopy(config), Path.cwd()
+    elif config is None and not DEFAULT_CONFIG.exists():
+        # Installed without the repository: no configured names, everything else works.
+        raw, root = {}, Path.cwd()
     else:
         path = Path(config) if config is not None else DEFAULT_CONFIG
         if not path.exists():
