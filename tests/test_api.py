@@ -157,3 +157,43 @@ def test_editor_refuses_what_the_config_refuses(setup):
         api.Editor(model, tok, "rome", {**ROME, "layers": [1]}, config=config, cache_dir=cache)
     with pytest.raises(ValueError, match="trained_dir="):
         api.Editor(model, tok, "mend", config=config, cache_dir=cache)
+
+
+def test_batch_editing_with_statistics_of_several_layers_equals_the_workflow(setup, tmp_path):
+    """MEMIT, two requests in one operation: prepare() computes both layers' statistics in one
+    corpus pass, and they equal the workflow's one-layer-per-job statistics exactly."""
+    from editharm.methods.covariance import load_second_moment
+
+    config, cache = setup
+    memit = {"layers": [0, 1], "v_num_grad_steps": 3, "v_lr": 0.5, "v_weight_decay": 0.5, "clamp_norm_factor": 4.0,
+             "kl_factor": 0.0625, "mom2_adjustment": True, "mom2_update_weight": 100.0,
+             "context_template_length_params": [[4, 2]]}
+    model, tok = api.load_model("tiny", config=config, cache_dir=cache)
+    requests = api.load_requests(ZSRE_ROWS, kind="counterfact")
+    editor = api.Editor(model, tok, "memit", memit, regulariser="rect-50", batch_size=2, config=config, cache_dir=cache)
+    log = editor.edit(requests)
+    assert [row["operation_seconds"] for row in log][0] == log[1]["operation_seconds"]   # one operation
+
+    model_dir = str(cache / "models" / "tiny")
+    corpus = str(cache / "data" / "prepared" / "tinytext.jsonl")
+    stats = {}
+    for layer in (0, 1):
+        stats[layer] = str(tmp_path / f"layer{layer}.safetensors")
+        jobs.layer_stats(model_dir, corpus, layer, 1500, 64, stats[layer])
+        cached = cache / "stats" / "tiny" / "tinytext-1500" / f"layer{layer}.safetensors"
+        assert torch.equal(load_second_moment(cached)[0], load_second_moment(stats[layer])[0])
+    hp = tmp_path / "memit.yaml"
+    hp.write_text(json.dumps(memit))
+    editset = tmp_path / "editset.jsonl"
+    write_jsonl(editset, [r.to_json() for r in requests])
+    out = tmp_path / "n2"
+    jobs.edit_segment(model_dir=model_dir, editset=str(editset), n_prev=0, n=2, method_name="memit", module=None,
+                      hparams_path=str(hp), regulariser="rect-50", seed=0, batch_size=2, stats_paths=stats,
+                      prev_tensors=None, prev_meta=None, trained_dir=None, out_tensors=str(out / "checkpoint.safetensors"),
+                      out_meta=str(out / "checkpoint.json"), out_log=str(out / "edit_log.jsonl"))
+    pipeline, _ = jobs.load_edited_model(model_dir, str(out / "checkpoint.safetensors"), str(out / "checkpoint.json"))
+    for name, param in pipeline.named_parameters():
+        assert torch.equal(param, editor.model.get_parameter(name)), name
+    assert sorted(editor.weight_stats()) == ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]
+    with pytest.raises(ValueError, match="case_id values must be distinct"):
+        editor.edit(requests[:1])
