@@ -18,33 +18,37 @@ import tempfile
 from pathlib import Path
 
 
-def _regulariser(text: str) -> str:
+def _checked(check):
+    """An argparse type from a config parser: its ValueError message becomes the argument's error."""
+    def parse(text: str):
+        try:
+            return check(text)
+        except ValueError as e:  # UnknownMethodError and the task registry's errors are ValueErrors
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
+def _regulariser_name(text: str) -> str:
     from editharm.regularize import parse_regulariser
 
-    try:
-        return parse_regulariser(text).name
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    return parse_regulariser(text).name
 
 
-def _method(text: str) -> str:
-    from editharm.methods import UnknownMethodError, load_method
+def _method_name(text: str) -> str:
+    from editharm.methods import load_method
 
-    try:
-        load_method(text)
-    except UnknownMethodError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    load_method(text)
     return text
 
 
-def _task(text: str) -> str:
+def _task_name(text: str) -> str:
     from editharm.evaluate.tasks import get_task
 
-    try:
-        get_task(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    get_task(text)
     return text
+
+
+_regulariser, _method, _task = _checked(_regulariser_name), _checked(_method_name), _checked(_task_name)
 
 
 def _positive(text: str) -> int:
