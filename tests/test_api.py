@@ -197,3 +197,21 @@ def test_batch_editing_with_statistics_of_several_layers_equals_the_workflow(set
     assert sorted(editor.weight_stats()) == ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]
     with pytest.raises(ValueError, match="case_id values must be distinct"):
         editor.edit(requests[:1])
+
+
+def test_hub_ids_are_fetched_by_the_workflow_fetcher_pinned_to_their_revision(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_fetch(spec, manifest):
+        calls.append(spec)
+        Path(manifest).parent.mkdir(parents=True)
+        Path(manifest).write_text("{}")
+
+    monkeypatch.setattr(jobs, "fetch_model", fake_fetch)
+    folder = api.model_folder("HuggingFaceTB/SmolLM2-135M@12fd25f", config={}, cache_dir=tmp_path)
+    assert folder == tmp_path / "models" / "hub--HuggingFaceTB--SmolLM2-135M--12fd25f"
+    assert calls == [{"kind": "hub", "hub_id": "HuggingFaceTB/SmolLM2-135M", "revision": "12fd25f"}]
+    api.model_folder("HuggingFaceTB/SmolLM2-135M@12fd25f", config={}, cache_dir=tmp_path)
+    assert len(calls) == 1                                         # fetched once
+    api.model_folder("HuggingFaceTB/SmolLM2-135M", config={}, cache_dir=tmp_path)
+    assert calls[-1] == {"kind": "hub", "hub_id": "HuggingFaceTB/SmolLM2-135M"}

@@ -107,7 +107,8 @@ def model_folder(source: str | os.PathLike | dict, *, config=None, cache_dir=Non
 
     `source` is a folder with config.json (used in place), a model name configured under
     `models:` in the config (fetched as the workflow's fetch_model rule does), a model
-    source dict ({"kind": "hub", "hub_id": ...}, see models.py), or a Hugging Face hub id.
+    source dict ({"kind": "hub", "hub_id": ...}, see models.py), or a Hugging Face hub id
+    (owner/name, or owner/name@revision).
     """
     from editharm.jobs import fetch_model
 
@@ -122,8 +123,10 @@ def model_folder(source: str | os.PathLike | dict, *, config=None, cache_dir=Non
         return folder
     elif str(source) in configured:
         name, spec = str(source), configured[str(source)]["source"]
-    elif re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
-        name, spec = "hub--" + str(source).replace("/", "--"), {"kind": "hub", "hub_id": str(source)}
+    elif m := re.fullmatch(r"([\w.-]+/[\w.-]+)(?:@([\w.-]+))?", str(source)):
+        # owner/name, or owner/name@revision to pin the snapshot (a commit, tag or branch)
+        name = "hub--" + str(source).replace("/", "--").replace("@", "--")
+        spec = {"kind": "hub", "hub_id": m.group(1), **({"revision": m.group(2)} if m.group(2) else {})}
     else:
         raise ValueError(f"model {source!r} is not a folder with config.json, not a model configured under `models:` "
                          f"(configured: {', '.join(configured) or 'none'}) and not a hub id of the form owner/name")
