@@ -21,11 +21,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
+SNAKEMAKE := $(BIN)/snakemake --profile profiles/local --cores $(CORES)
+
+# After a crash (kill -9, out of memory, power cut) snakemake's locks stay behind; they are
+# removed first when no snakemake process runs in this directory, so the run simply resumes
+# (incomplete outputs are redone: rerun-incomplete in the profile). See README, "After a crash".
 run: $(STAMP)
-	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+	$(BIN)/python -m editharm.locks $(SNAKEMAKE)
+	$(SNAKEMAKE)
 
 dry-run: $(STAMP)
-	$(BIN)/snakemake --profile profiles/local --cores $(CORES) -n
+	$(SNAKEMAKE) -n
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

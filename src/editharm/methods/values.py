@@ -352,7 +352,11 @@ class ValueProblem:
         B, dev = len(rows), self.device
         edit = torch.tensor([r.edit for r in rows], device=dev)
         lengths = torch.tensor([len(r.ids) for r in rows], device=dev)
-        self.start = layer if "attn" in self.sites else layer + 1
+        # Sites whose delta must enter inside the edited layer, by a hook, rather than be added to
+        # its output: the attention output (the MLP reads it), and the MLP output where a norm sits
+        # between it and the residual (Gemma's post-feed-forward norm), so adding it outside is not the same.
+        self.hooked = [s for s in self.sites if s == "attn" or (s == "mlp" and f.post_mlp_norm)]
+        self.start = layer if self.hooked else layer + 1
         layer_name, key_name = f.layer.format(layer), f.mlp_down.format(layer)
         names = sorted({self._site_module(s) for s in self.sites} | {layer_name, key_name})
         site_out = {s: torch.empty(B, f.hidden_size, device=dev) for s in self.sites}
@@ -370,7 +374,14 @@ class ValueProblem:
             e = edit[idx]
             ar = torch.arange(len(bucket), device=dev)
             with nethook.capture(self.model, names, inputs=True, outputs=True) as rec:
-                out = self.model.base_model(input_ids=ids, use_cache=self.fast)
+                if self.fast and f.family == "gemma3":
+                    # A cache built from the config keeps only the last window of keys in sliding
+                    # layers; one without it keeps every prefix key, and the masks do the windowing.
+                    from transformers import DynamicCache
+
+                    out = self.model.base_model(input_ids=ids, use_cache=True, past_key_values=DynamicCache())
+                else:
+                    out = self.model.base_model(input_ids=ids, use_cache=self.fast)
             for s_ in self.sites:
                 site_out[s_][idx] = rec[self._site_module(s_)].output[ar, e].float()
             keys[idx] = rec[key_name].input[ar, e].float()
@@ -418,15 +429,32 @@ class ValueProblem:
         allowed = torch.cat([see_prefix, causal], dim=-1)
         self.mask = torch.zeros(B, 1, S, P + S, dtype=dtype, device=dev).masked_fill(
             ~allowed[:, None], torch.finfo(dtype).min)
+        self.mask_local = None
+        window = getattr(self.model.config, "sliding_window", None) if f.family == "gemma3" else None
+        if window:
+            # Sliding-window layers also hide keys `window` or more positions back (transformers'
+            # sliding_window_overlay: key position > query position - window).
+            key_pos = torch.cat([torch.arange(P, device=dev)[None, :].expand(B, P), self.positions], dim=-1)
+            near = key_pos[:, None, :] > self.positions[:, :, None] - window
+            self.mask_local = torch.zeros(B, 1, S, P + S, dtype=dtype, device=dev).masked_fill(
+                ~(allowed & near)[:, None], torch.finfo(dtype).min)
         rotary = getattr(self.model.base_model, "rotary_emb", None)
-        self.rope = rotary(self.hidden, self.positions) if rotary is not None else None
+        if f.family == "gemma3":
+            # One rotary table per attention type (local layers use a smaller base frequency).
+            self.rope = {t: rotary(self.hidden, self.positions, t) for t in set(self.model.config.layer_types)}
+        else:
+            self.rope = rotary(self.hidden, self.positions) if rotary is not None else None
 
     def _unembed(self, h: torch.Tensor, normed: bool = False) -> torch.Tensor:
         if not normed:
             h = self.model.get_submodule(self.facts.final_norm)(h)
         # get_output_embeddings() rather than facts.lm_head: the head's attribute name moved
         # between transformers versions for GPT-NeoX (embed_out -> lm_head).
-        return self.model.get_output_embeddings()(h).float()
+        logits = self.model.get_output_embeddings()(h).float()
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap:  # Gemma 2/3 configs may squash logits with cap * tanh(logits / cap) after the head
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     # -------------------------------------------------------------- losses
 
@@ -522,13 +550,18 @@ class ValueProblem:
             p_b = max(self.rows[row_ids[i]].edit for i in local)
             pick = lambda t: t.index_select(0, idx)  # noqa: E731
             mask = pick(self.mask)[:, :, :s_b]
+            windowed = None if self.mask_local is None else pick(self.mask_local)[:, :, :s_b]
             sel = dict(
                 hidden=pick(self.hidden)[:, :s_b], positions=pick(self.positions)[:, :s_b],
                 mask=torch.cat([mask[..., :p_b], mask[..., P:P + s_b]], dim=-1),
                 k={l: pick(v)[:, :, :p_b] for l, v in self.prefix_k.items()},
                 v={l: pick(v)[:, :, :p_b] for l, v in self.prefix_v.items()},
-                rope=None if self.rope is None else tuple(pick(t)[:, :s_b] for t in self.rope),
+                rope=None if self.rope is None or isinstance(self.rope, dict) else tuple(pick(t)[:, :s_b] for t in self.rope),
             )
+            if windowed is not None:
+                sel["mask_local"] = torch.cat([windowed[..., :p_b], windowed[..., P:P + s_b]], dim=-1)
+            if isinstance(self.rope, dict):
+                sel["rope"] = {t: tuple(pick(x)[:, :s_b] for x in r) for t, r in self.rope.items()}
             buckets.append((torch.tensor(local, device=self.device), sel))
         self._selected = (key, buckets)
         return buckets
@@ -556,15 +589,17 @@ class ValueProblem:
         return logits
 
     def _run_bucket(self, sel: dict, row_d: dict[str, torch.Tensor]) -> torch.Tensor:
-        out_delta = sum(row_d[s] for s in self.sites if s != "attn")
+        out_delta = sum(row_d[s] for s in self.sites if s not in self.hooked)
         h = sel["hidden"]
         if self.start == self.layer + 1:
             h = torch.cat([h[:, :1] + out_delta[:, None], h[:, 1:]], dim=1)
         cache = _PrefixKV(sel["k"], sel["v"])
         n = h.shape[0]
         for l in range(self.start, self.facts.n_layers):
-            if l == self.layer and "attn" in self.sites:
-                with nethook.add_to_output(self.model, self._site_module("attn"), row_d["attn"], range(n), [0] * n):
+            if l == self.layer and self.hooked:
+                with contextlib.ExitStack() as stack:
+                    for s in self.hooked:
+                        stack.enter_context(nethook.add_to_output(self.model, self._site_module(s), row_d[s], range(n), [0] * n))
                     h = self._call_layer(l, h, sel, cache)
                 if not isinstance(out_delta, int):
                     h = torch.cat([h[:, :1] + out_delta[:, None], h[:, 1:]], dim=1)
@@ -583,6 +618,11 @@ class ValueProblem:
                          use_cache=False, position_embeddings=sel["rope"])
         elif family == "gpt2":
             out = module(h, past_key_values=cache, attention_mask=sel["mask"], use_cache=False)
+        elif family == "gemma3":
+            kind = self.model.config.layer_types[l]
+            mask = sel["mask_local"] if kind == "sliding_attention" and "mask_local" in sel else sel["mask"]
+            out = module(h, attention_mask=mask, position_ids=sel["positions"], past_key_values=cache,
+                         use_cache=False, position_embeddings=sel["rope"][kind])
         else:
             raise ValueError(f"no fast value path for model family {family!r}")
         return out[0] if isinstance(out, tuple) else out
