@@ -305,3 +305,30 @@ def test_task_runs_through_the_engine(ci_sized, name, fmt, folder, files):
     result = run_task(model, tokenizer, task, rows(fmt, folder, *files), progress=False)
     assert result["status"] == "ok" and set(result["metrics"]) == set(task.METRICS)
     assert all(math.isfinite(v) for v in result["metrics"].values())
+
+
+# ------------------------------------------------------------------ through the DAG, on the CI config
+
+
+def test_harm_tasks_score_the_unedited_model_through_the_dag(tmp_path):
+    """download -> prepare -> score_base for every harm task of configs/ci.yaml (the tiny model, n 1-2).
+
+    Only the unedited model's scores are asked for: per checkpoint the score rule is the same
+    one (test_workflow.py runs it at every checkpoint for SST-2).
+    """
+    import json
+
+    import yaml
+    from test_workflow import ROOT, _snakemake, _write_config
+
+    tasks = yaml.safe_load((ROOT / "configs" / "ci.yaml").read_text())["tasks"]
+    assert set(HARM) <= set(tasks)
+    config = _write_config(tmp_path, tasks=tasks)
+    targets = [f"results-ci/scores/tiny-llama/base/{name}.json" for name in HARM]
+    result = _snakemake(tmp_path, config, *targets)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for name in HARM:
+        score = json.loads((tmp_path / targets[HARM.index(name)]).read_text())
+        assert score["status"] == "ok" and score["n"] >= 1, (name, score)
+        assert set(score["metrics"]) == set(get_task(name).METRICS)
+        assert score["n_requested"] == tasks[name]["n"]

@@ -23,6 +23,9 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 def _write_config(workdir: Path, **changes) -> Path:
     config = yaml.safe_load((ROOT / "configs" / "ci.yaml").read_text())
     config["mirror_dir"] = str(ROOT / "tests" / "fixtures" / "mirror")
+    # SST-2 only: the harm suite's tasks go through the DAG in test_tasks_harm.py, for the unedited
+    # model only (one job each instead of one per checkpoint, which would double this run's jobs)
+    config["tasks"] = {"sst2": config["tasks"]["sst2"]}
     hparams = workdir / "rome_tiny.yaml"
     if not hparams.exists():
         shutil.copy(ROOT / "tests" / "fixtures" / "hparams" / "rome_tiny.yaml", hparams)
@@ -76,10 +79,6 @@ def test_dag_produces_every_table_and_the_figure(finished_run):
     edit_log = pd.read_csv(tables / "edit_log.csv")
     assert set(downstream["edits"]) == {0, 1, 3}
     assert set(downstream["regulariser"]) == {"none", "rect-40"}
-    ci_tasks = yaml.safe_load((ROOT / "configs" / "ci.yaml").read_text())["tasks"]
-    # every configured task (SST-2 and the harm suite) scored at every checkpoint and for the unedited model
-    assert set(downstream["task"]) == set(ci_tasks)
-    assert downstream.groupby("task")["edits"].agg(set).map(lambda e: e == {0, 1, 3}).all()
     assert set(editing["metric"]) >= {"reliability", "generalization", "locality"}
     assert set(editing["edits"]) == {1, 3}
     assert weights["value"].notna().all() and "manhattan" in " ".join(weights["metric"])
@@ -106,10 +105,9 @@ def test_changing_rome_hparams_reruns_rome_and_dependents_only(finished_run):
         result = _snakemake(workdir, config, "-n")
         assert result.returncode == 0, result.stderr[-3000:]
         jobs = _planned_jobs(result.stdout + result.stderr)
-        # 2 chains x 2 checkpoints, each with its editing metrics, weight stats and one score per task.
+        # 2 chains x 2 checkpoints, each with its editing metrics, weight stats and one task score.
         # The figures: the overview notebook, one job per paper-figure notebook, the index page.
-        n_tasks = len(yaml.safe_load((ROOT / "configs" / "ci.yaml").read_text())["tasks"])
-        assert jobs == {"edit_segment": 4, "edit_metrics": 4, "weight_stats": 4, "score_task": 4 * n_tasks,
+        assert jobs == {"edit_segment": 4, "edit_metrics": 4, "weight_stats": 4, "score_task": 4,
                         "aggregate": 1, "edit_harm": 1, "figure": 12, "figures": 1, "all": 1}, jobs
     finally:
         hparams.write_text(original)
