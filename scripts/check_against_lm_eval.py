@@ -44,7 +44,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 LL_TOL = 2e-3    # nats, per choice: float32 sums in different orders and batch shapes
 MC2_TOL = 1e-3   # MC2 is a smooth function of the log-likelihoods
-ROLLING_TOL_PER_TOKEN = 1e-5  # nats per scored token, for a page's summed rolling log-likelihood
+ROLLING_TOL_PER_TOKEN = 1e-4  # nats per scored token, for a page's summed rolling log-likelihood (docs/lm_eval_check.md)
 PPL_REL_TOL = 1e-4  # relative, for perplexities: log(ppl) moves by sum|dLL| / units, far below this
 HARM_CHECKS = ("lambada_openai", "piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "wikitext", "triviaqa",
                "toxigen")
@@ -322,9 +322,14 @@ def select_harm(args, specs: dict, mirror: Path, out: Path) -> dict:
     """The first n rows of each harm task's prepared data (pages for wikitext)."""
     from editharm.evaluate.tasks import get_task
 
-    sizes = {"wikitext": args.n_wikitext, "triviaqa": args.n_triviaqa_gen}
-    return {name: (load_rows(get_task(name).DATASET, specs, mirror, out / "raw")[: sizes.get(name, args.n_harm)], None)
-            for name in HARM_CHECKS}
+    data = {}
+    for name in HARM_CHECKS:
+        rows = load_rows(get_task(name).DATASET, specs, mirror, out / "raw")
+        if name == "wikitext":
+            data[name] = ([rows[k] for k in args.wikitext_pages], None)
+        else:
+            data[name] = (rows[: args.n_triviaqa_gen if name == "triviaqa" else args.n_harm], None)
+    return data
 
 
 def _harm_doc(name: str, r: dict) -> dict:
@@ -475,8 +480,8 @@ def compare_harm(ours: dict, out_dir: Path, add) -> None:
         d = compare_requests(o["requests"], samples)
         if name == "lambada_openai":
             mine_greedy = [out.is_greedy[0] for out in o["outputs"]]
-            theirs_greedy = [bool(s["filtered_resps"][0][1]) if isinstance(s["filtered_resps"][0], (list, tuple))
-                             else None for s in samples]
+            # lm-eval logs each response as strings: [["-5.03", "False"]]
+            theirs_greedy = [str(s["filtered_resps"][0][1]) == "True" for s in samples]
             d["greedy_disagreements"] = sum(a != b for a, b in zip(mine_greedy, theirs_greedy))
             add(name, "accuracy", m["accuracy"], res["acc,none"], d["greedy_disagreements"] / d["n"], d)
             add(name, "perplexity", m["perplexity"], res["perplexity,none"], PPL_REL_TOL * res["perplexity,none"], d)
@@ -501,7 +506,8 @@ def main() -> int:
     parser.add_argument("--n-bbh", type=int, default=15)
     parser.add_argument("--checks", nargs="+", choices=["li2024", "harm"], default=["li2024", "harm"])
     parser.add_argument("--n-harm", type=int, default=50, help="items per harm-suite task (WinoGrande: sentences)")
-    parser.add_argument("--n-wikitext", type=int, default=2, help="WikiText pages")
+    parser.add_argument("--wikitext-pages", type=int, nargs="+", default=[0, 2],
+                        help="WikiText test pages (0-based); page 2 has 2,992 SmolLM2 tokens, two 2,048-token windows")
     parser.add_argument("--n-triviaqa-gen", type=int, default=20, help="TriviaQA questions (generation)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1,
