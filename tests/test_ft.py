@@ -26,7 +26,7 @@ def _target_logprob(model, tok, request, objective="target_new"):
     return -float(loss(model(input_ids=batch.input_ids).logits, batch)[0])
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
 def test_ft_update_respects_linf_bound_and_leaves_model_unchanged(family):
     model, tok, ctx = _tiny(family)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -45,7 +45,7 @@ def test_ft_update_respects_linf_bound_and_leaves_model_unchanged(family):
     assert all(not p.requires_grad for p in model.parameters())
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
 @pytest.mark.parametrize("objective", ["target_new", "prompt_last"])
 def test_ft_raises_target_probability(family, objective):
     model, tok, ctx = _tiny(family)

@@ -46,7 +46,7 @@ def _edit(family, requests, **hp):
     return model, tok, ctx, hparams, actions
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
 def test_outside_every_radius_is_bit_identical_and_edit_yields_target(family):
     model, tok, ctx, hp, actions = _edit(family, [EDIT])
     assert actions == ["add"]

@@ -31,7 +31,7 @@ def _plant_neuron(model, tok, facts, prompt, token):
     direction = model.get_output_embeddings().weight[token] / model.get_output_embeddings().weight[token].norm()
     up = model.get_submodule(facts.mlp_up.format(LAYER))
     down = model.get_submodule(facts.mlp_down.format(LAYER))
-    if facts.family == "llama":
+    if facts.family in ("llama", "gemma3"):              # gated MLPs
         model.get_submodule(f"model.layers.{LAYER}.mlp.gate_proj").weight[NEURON] = 3.0 * x
         up.weight[NEURON] = 3.0 * x                       # activation silu(3|x|)*3|x|, about 9 * |x|
         down.weight[:, NEURON] = 2.0 * direction
@@ -41,7 +41,13 @@ def _plant_neuron(model, tok, facts, prompt, token):
         down.weight[NEURON, :] = 2.0 * direction
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+# Gemma's RMSNorm after down_proj makes the answer's probability invariant to scaling the layer's whole
+# activation vector (no bias), which is the path integrated gradients take: the attributions sum to
+# zero at every step, and a neuron that dominates the MLP output gets almost none, since scaling it
+# alone barely turns the normalised output. KN's attribution does not single out the planted neuron
+# there; strict, so the day it does this test says so.
+@pytest.mark.parametrize("family", ["llama", "gpt2", pytest.param("gemma3", marks=pytest.mark.xfail(
+    strict=True, reason="post-feed-forward norm: scale-invariant path, see the comment above"))])
 def test_planted_neuron_has_the_top_attribution(family):
     model, tok, ctx = _tiny(family)
     prompt = REQUEST.filled_prompt
@@ -75,7 +81,7 @@ def test_integrated_gradients_match_full_recomputation():
     torch.testing.assert_close(fast, acts["w"] * total / steps, rtol=1e-4, atol=1e-9)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
 def test_edit_changes_only_the_selected_neurons(family):
     model, tok, ctx = _tiny(family)
     before = {k: v.clone() for k, v in model.state_dict().items()}

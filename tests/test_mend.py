@@ -52,11 +52,11 @@ def target_nll(model, tokenizer, request: EditRequest, deltas=None) -> float:
     return mend.target_nll(logits, batch["labels"]).item()
 
 
-@pytest.fixture(scope="module")
-def trained_llama(tmp_path_factory):
+@pytest.fixture(scope="module", params=["llama", "gemma3"])  # gemma3 has Llama's MLP parameter names
+def trained(tmp_path_factory, request):
     torch.set_num_threads(1)
-    model, tok = random_model("llama", seed=0, hidden=32, layers=2, heads=2)
-    out = tmp_path_factory.mktemp("mend_llama")
+    model, tok = random_model(request.param, seed=0, hidden=32, layers=2, heads=2)
+    out = tmp_path_factory.mktemp(f"mend_{request.param}")
     summary = mend.train(model, tok, requests(), hparams(LLAMA_PARAMS), out, seed=0)
     return model, tok, out, summary
 
@@ -91,16 +91,16 @@ def test_untrained_network_is_the_identity():
     assert torch.equal(net(h, mode=1), h)
 
 
-def test_training_writes_artifacts_and_loss_curve(trained_llama):
-    _, _, out, summary = trained_llama
+def test_training_writes_artifacts_and_loss_curve(trained):
+    _, _, out, summary = trained
     assert (out / mend.WEIGHTS_FILE).exists() and (out / mend.META_FILE).exists()
     rows = [json.loads(line) for line in (out / mend.LOG_FILE).read_text().splitlines()]
     assert len(rows) == 40 and {"loss", "edit_nll", "loc_kl", "iter"} <= set(rows[0])
     assert summary["edit_nll_last"] < summary["edit_nll_first"]
 
 
-def test_edit_raises_target_probability_of_a_training_request(trained_llama):
-    model, tok, out, _ = trained_llama
+def test_edit_raises_target_probability_of_a_training_request(trained):
+    model, tok, out, _ = trained
     request = requests()[0]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     update = mend.apply(model, tok, [request], hparams(LLAMA_PARAMS), context(out))
@@ -109,8 +109,8 @@ def test_edit_raises_target_probability_of_a_training_request(trained_llama):
     assert target_nll(model, tok, request, update.deltas) < target_nll(model, tok, request) - 0.1
 
 
-def test_update_is_one_outer_product_per_token(trained_llama):
-    model, tok, out, _ = trained_llama
+def test_update_is_one_outer_product_per_token(trained):
+    model, tok, out, _ = trained
     request = requests()[1]
     hp = hparams(LLAMA_PARAMS)
     update = mend.apply(model, tok, [request], hp, context(out))

@@ -33,7 +33,7 @@ def _hparams(layer: int, mom2: bool) -> rome.Hparams:
                         kl_factor=0.0625, mom2_adjustment=mom2)
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2", "gpt_neox"])
+@pytest.fixture(scope="module", params=["llama", "gpt2", "gpt_neox", "gemma3"])
 def tiny(request):
     model, tok = random_model(request.param, seed=0, hidden=32, layers=3, heads=4)
     facts = facts_for(model)

@@ -149,15 +149,39 @@ def spread_layers(model, tokenizer, facts, requests: Sequence[EditRequest], laye
     square root). The model is restored on return.
     """
     out: dict[int, LayerSolve] = {}
+    # A residual-stream target reaches a Gemma MLP's down_proj only through the norm after it.
+    through_norm = facts.post_mlp_norm is not None and target_module in {facts.layer.format(l) for l in layers}
     with temporary_updates(model, facts) as add:
         for i, layer in enumerate(layers):
             keys = subject_keys(model, tokenizer, facts, requests, [layer], template_groups, group_mean=True)[layer]
             current = plain_outputs(model, tokenizer, facts, requests, target_module)
             residuals = (targets - current) / spread(i)
+            if through_norm:
+                residuals = mlp_output_residuals(model, tokenizer, facts, requests, layer, residuals)
             delta = solve(layer, keys, residuals)
             add(facts.down_weight_name(layer), delta)
             out[layer] = LayerSolve(keys=keys, residuals=residuals, delta=delta)
     return out
+
+
+def mlp_output_residuals(model, tokenizer, facts, requests: Sequence[EditRequest], layer: int,
+                         residuals: torch.Tensor) -> torch.Tensor:
+    """The change of down_proj's output at `layer` that moves the residual stream by `residuals` ([R, hidden]),
+    for a model with a norm after down_proj (Gemma: y = g * o / rms(o), added to the residual).
+
+    MEMIT writes the residual change as the MLP output's change; through the norm that would be
+    scaled by g / rms(o) and distorted. The norm's outputs are the vectors with rms(y / g) = 1, so
+    o' = (y + r) / g * rms(o) gives y + r projected radially onto them (y + r itself when it has
+    the norm's scale), keeping the output's size; the change is o' - o.
+    """
+    o = plain_outputs(model, tokenizer, facts, requests, facts.mlp_down.format(layer))
+    norm = model.get_submodule(facts.post_mlp_norm.format(layer))
+    dtype = next(norm.parameters()).dtype
+    with torch.no_grad():
+        gain = norm(torch.ones(1, o.shape[-1], dtype=dtype, device=o.device))[0].float()  # rms(ones) = 1
+        y = norm(o.to(dtype)).float()
+    rms = o.pow(2).mean(-1, keepdim=True).sqrt()
+    return (y + residuals) / gain * rms - o
 
 
 def check_layers(layers: Sequence[int], facts, method: str) -> list[int]:
