@@ -105,3 +105,25 @@ def test_every_part_needs_a_pinned_version():
 def test_default_config_gemma_depth_is_read_from_the_first_chunk():
     source = yaml.safe_load((ROOT / "config.yaml").read_text())["models"]["gemma3-270m"]["source"]
     assert known_layer_count(source) == 18
+
+
+def test_li_figures_render_with_the_two_default_models_and_say_what_they_cannot_show(tmp_path):
+    """SmolLM2-135M-Instruct (chat, llama) and Gemma-3-270M (base, gemma3): Fig. 3 pairs them across
+    families and Fig. 4 by size, each with a note that the models differ in more than the compared factor."""
+    from editharm import figures as F
+    from test_notebook import LI_TASKS, synthetic_results
+
+    chains = [(m, "zsre", "rome", "none") for m in ("smollm2-135m", "gemma3-270m")]
+    tables_dir, _ = synthetic_results(tmp_path, chains=chains, tasks=LI_TASKS, edits=(1, 2))
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    info = {"smollm2-135m": {"params": 134_515_008}, "gemma3-270m": {"params": 268_098_176}}
+    info = {m: {**F.model_info(config, {})[m], **i} for m, i in info.items()}
+    assert info["smollm2-135m"]["chat"] and not info["gemma3-270m"]["chat"]
+    tables = F.load_tables(tables_dir, verbose=False)
+    fig3 = F.li_fig3(tables, config, info)
+    assert fig3.missing is None and set(fig3.data.model) == {"smollm2-135m", "gemma3-270m"}
+    assert set(fig3.data.variant) == {"base", "chat"}
+    assert any("cannot be attributed to instruction tuning" in n for n in fig3.notes)
+    fig4 = F.li_fig4(tables, config, info)
+    assert fig4.missing is None and set(fig4.data.params) == {134_515_008, 268_098_176}
+    assert any("cannot isolate scale" in n and "gemma3 family, base" in n for n in fig4.notes)

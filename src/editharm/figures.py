@@ -1031,10 +1031,7 @@ def li_fig3(tables: dict, config: dict | None = None, model_info: dict | None = 
     both = both[both == 2].reset_index()[["family", "setting"]]
     unpaired = sorted(set(data.model) - set(data.merge(both, on=["family", "setting"]).model))
     if both.empty:
-        return FigureResult(name, title, LI, missing=(
-            f"no base model was edited together with its chat version (same method and dataset); found {found}. "
-            "A chat model's base is the model named the same without '-chat'/'-instruct' (llama2-7b-chat -> "
-            "llama2-7b); put both in the same experiment."), notes=notes)
+        return _li_fig3_across_families(name, title, data, found, notes)
     if unpaired:
         notes.append(f"Left out (no base/chat partner with the same method and dataset): {', '.join(unpaired)}. "
                      "Partners are named the same without '-chat'/'-instruct'.")
@@ -1044,6 +1041,30 @@ def li_fig3(tables: dict, config: dict | None = None, model_info: dict | None = 
                       style_order=["base", "chat"], col="panel", row="setting", title=title,
                       subtitle=_describe(data) + "; solid: base, dashed: chat", hue_title="model",
                       style_title="variant")
+    return FigureResult(name, title, LI, fig, data.drop(columns=["setting"]), notes=notes)
+
+
+def _li_fig3_across_families(name: str, title: str, data: pd.DataFrame, found: str, notes: list[str]) -> FigureResult:
+    """Li Fig. 3 without a base/chat pair of one model: base and chat models of different families that
+    were edited with the same method and dataset (the default run: SmolLM2-135M-Instruct, Gemma-3-270M base)."""
+    variants = data.groupby("setting").variant.nunique()
+    data = data[data.setting.isin(variants[variants == 2].index)]
+    if data.empty:
+        return FigureResult(name, title, LI, missing=(
+            f"no base model was edited together with a chat model (same method and dataset); found {found}. "
+            "A chat model's base is the model named the same without '-chat'/'-instruct' (llama2-7b-chat -> "
+            "llama2-7b); put both in the same experiment."), notes=notes)
+    notes.append(
+        f"No base model was edited together with its own chat version; shown instead are base and chat models of "
+        f"different families ({found}). They differ in architecture, training data and size as well as in "
+        "instruction tuning, so a gap between the lines cannot be attributed to instruction tuning (Li et al.'s "
+        "question); the figure shows whether editing harms a base and a chat model alike, not why. For the "
+        "paper's comparison, add a base model and its chat version (e.g. the li2024 preset's Llama-2-7B pair).")
+    models = sorted(data.model.unique())
+    fig = facet_lines(data, x="edits", hue="model", hue_order=models, style="variant", style_order=["base", "chat"],
+                      col="panel", row="setting", title=title,
+                      subtitle=_describe(data) + "; solid: base, dashed: chat (different model families)",
+                      hue_title="model", style_title="variant")
     return FigureResult(name, title, LI, fig, data.drop(columns=["setting"]), notes=notes)
 
 
@@ -1066,6 +1087,13 @@ def li_fig4(tables: dict, config: dict | None = None, model_info: dict | None = 
     unsized = sorted(set(info) - set(sized))
     if unsized:
         notes.append(f"Left out (size unknown: converted weights not found): {', '.join(unsized)}.")
+    arch = {m: ((config or {}).get("models", {}).get(m) or {}).get("family") for m in sized}
+    if len(set(arch.values())) > 1 or len({info[m]["chat"] for m in sized}) > 1:
+        notes.append(
+            "The models differ in more than size (" + ", ".join(
+                f"{m}: {arch[m] or '?'} family, {'chat' if info[m]['chat'] else 'base'}" for m in sorted(sized))
+            + "): architecture, training data and instruction tuning change with them, so the lines cannot isolate "
+            "scale (Li et al. compare sizes of one series). For that, use models of one suite (e.g. Pythia).")
     ds = ds[ds.model.isin(list(sized))]
     if "none" in set(ds.regulariser):
         ds = ds[ds.regulariser == "none"]
