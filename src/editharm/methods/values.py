@@ -301,7 +301,9 @@ class ValueProblem:
     output, ROME's v), "residual" (the layer's output, MEMIT's z) or "attn" (the
     attention output, PMET). Adding to the MLP output and to the layer output is the
     same computation; they differ in the reference vector that the clamp and the
-    weight decay are relative to. The constructor runs one unedited forward pass.
+    weight decay are relative to. Not so in Gemma, whose MLP output passes a norm
+    before the residual: there the "mlp" delta is added inside the rerun edited layer.
+    The constructor runs one unedited forward pass.
     """
 
     def __init__(self, model, tokenizer, facts, requests: Sequence[EditRequest], layer: int,
