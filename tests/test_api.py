@@ -215,3 +215,28 @@ def test_hub_ids_are_fetched_by_the_workflow_fetcher_pinned_to_their_revision(mo
     assert len(calls) == 1                                         # fetched once
     api.model_folder("HuggingFaceTB/SmolLM2-135M", config={}, cache_dir=tmp_path)
     assert calls[-1] == {"kind": "hub", "hub_id": "HuggingFaceTB/SmolLM2-135M"}
+
+
+def test_state_based_edits_are_scored_through_attach_and_zsre_locality_uses_the_unedited_model(setup):
+    """GRACE changes no weight: evaluate() scores the model with its codebook attached, and the
+    zsRE locality reference (recorded while the codebook is detached) equals the base model's."""
+    from editharm.methods import grace
+
+    config, cache = setup
+    model, tok = api.load_model("tiny", config=config, cache_dir=cache)
+    requests = api.load_requests(ZSRE_ROWS, kind="zsre")
+    base, _ = load_model(cache / "models" / "tiny")
+    editor = api.Editor(model, tok, "grace", {"layer": 1, "n_iter": 20, "edit_lr": 1.0}, config=config, cache_dir=cache)
+    editor.edit(requests[:1], immediate_success=False)
+    editor.edit(requests[1:], immediate_success=False)        # b's reference is taken now, a's codebook detached
+    assert editor._reference == locality_reference(base, tok, requests, progress=False)
+    rows, summary = editor.evaluate()
+    # The same scores from a separate copy of the base model with the final codebook attached:
+    # the reference passes left the Editor's model with its codebook in place.
+    fresh, _ = load_model(cache / "models" / "tiny")
+    fresh = grace.attach(fresh, tok, editor.context.state, editor.hparams, editor.context)
+    assert edit_metrics(fresh, tok, requests, reference=editor._reference, progress=False) == (rows, summary)
+    assert editor.evaluate() == (rows, summary)
+    plain = edit_metrics(base, tok, requests, reference=editor._reference, progress=False)[1]
+    assert summary != plain                                      # the codebook changes the answers
+    assert all(torch.equal(p, base.get_parameter(n)) for n, p in model.named_parameters())   # no weight changed
