@@ -131,3 +131,28 @@ def test_console_script_is_declared_and_runs():
     assert 'editharm = "editharm.cli:main"' in scripts.split("[", 1)[0]
     done = subprocess.run([sys.executable, "-m", "editharm.cli", "export", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--checkpoint" in done.stdout
+
+
+def test_export_by_chain_values_reads_the_workflow_layout(capsys, tiny_setup, tmp_path):
+    import shutil
+
+    root = tiny_setup
+    work = tmp_path / "work"
+    shutil.copytree(root / "model", work / "cache" / "models" / "tiny")
+    (work / "config.yaml").write_text(yaml.safe_dump({"results_dir": "results", "cache_dir": "cache"}))
+    chain = work / "results" / "edits" / "tiny" / "toy" / "rome" / "none" / "seed0" / "n2"
+    _run(capsys, ["edit", "--model", str(work / "cache" / "models" / "tiny"), "--method", "rome",
+                  "--hparams", str(root / "rome.yaml"), "--requests", str(root / "requests.jsonl"), "--out", str(chain),
+                  "--export", str(tmp_path / "direct"), "--no-metrics", "--config", str(root / "config.yaml"),
+                  "--cache-dir", str(root / "cache")])
+    _run(capsys, ["export", "--chain", "tiny", "toy", "rome", "none", "0", "2", "--config", str(work / "config.yaml"),
+                  "--out", str(tmp_path / "by_chain")])
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "direct").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "by_chain").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit, match="argument --chain: .*regulariser 'rect'"):
+        main(["export", "--chain", "tiny", "toy", "rome", "rect", "0", "2", "--config", str(work / "config.yaml"),
+              "--out", str(tmp_path / "x")])
+    assert main(["export", "--chain", "tiny", "toy", "rome", "none", "0", "3", "--config", str(work / "config.yaml"),
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
