@@ -37,6 +37,9 @@ COMMANDS=(slurmctld slurmd sbatch sacct sacctmgr slurmdbd munged munge unmunge m
 
 say() { printf '[slurm_local] %s\n' "$*"; }
 die() { printf '[slurm_local] ERROR: %s\n' "$*" >&2; exit 1; }
+# Exit status 3: this machine cannot run the cluster (no root, nothing to install SLURM with),
+# as opposed to 1, a step that should have worked and failed. tests/test_slurm.py skips on 3.
+cannot() { printf '[slurm_local] CANNOT RUN HERE: %s\n' "$*" >&2; exit 3; }
 
 usage() {
     echo "usage: $0 start|stop|status" >&2
@@ -44,7 +47,7 @@ usage() {
 }
 
 require_root() {
-    [[ $(id -u) -eq 0 ]] || die "must run as root (it installs packages, writes $CONF_DIR and starts daemons); rerun with sudo"
+    [[ $(id -u) -eq 0 ]] || cannot "must run as root (it installs packages, writes $CONF_DIR and starts daemons); rerun with sudo"
 }
 
 missing_commands() {
@@ -62,15 +65,15 @@ install_packages() {
         say "packages present: ${PACKAGES[*]}"
         return
     fi
-    [[ ${EDITHARM_SLURM_NO_INSTALL:-0} == 1 ]] && die "missing commands: $missing (install: apt-get install ${PACKAGES[*]})"
-    command -v apt-get >/dev/null || die "missing commands: $missing, and no apt-get to install them; install ${PACKAGES[*]} (or your distribution's SLURM 22.05+, munge and MariaDB) by hand"
+    [[ ${EDITHARM_SLURM_NO_INSTALL:-0} == 1 ]] && cannot "missing commands: $missing (install: apt-get install ${PACKAGES[*]})"
+    command -v apt-get >/dev/null || cannot "missing commands: $missing, and no apt-get to install them; install ${PACKAGES[*]} (or your distribution's SLURM 22.05+, munge and MariaDB) by hand"
     say "missing commands: $missing; installing ${PACKAGES[*]} with apt-get"
     local t0=$SECONDS
     # policy-rc.d style "invoke-rc.d: ... denied" lines are expected in containers: the
     # packages' own services are not started, this script starts the daemons itself.
-    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null || die "apt-get update failed (no network to the Debian mirror?)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null || cannot "apt-get update failed (no network to the Debian mirror?)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" >"$STATE/log/apt-get.log" 2>&1 \
-        || die "apt-get install ${PACKAGES[*]} failed; see $STATE/log/apt-get.log"
+        || cannot "apt-get install ${PACKAGES[*]} failed; see $STATE/log/apt-get.log"
     say "installed in $((SECONDS - t0)) s (log: $STATE/log/apt-get.log)"
     missing=$(missing_commands)
     [[ -z $missing ]] || die "still missing after apt-get install: $missing"
@@ -240,6 +243,9 @@ JobAcctGatherFrequency=10
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStorageTRES=gres/gpu
+# The Snakemake plugin names each job's rule and wildcards in its comment; store it, so that
+# sacct -o Comment shows which rule a job ran.
+AccountingStoreFlags=job_comment
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 GresTypes=gpu
@@ -275,7 +281,7 @@ start_slurm() {
     local restart=$1 host
     host=$(hostname -s)
     if [[ $restart == 1 ]]; then
-        say "configuration changed: restarting the SLURM daemons that run"
+        say "configuration written: (re)starting the SLURM daemons"
         stop_pidfile slurmd "$STATE/run/slurmd.pid"
         stop_pidfile slurmctld "$STATE/run/slurmctld.pid"
         stop_pidfile slurmdbd "$STATE/run/slurmdbd.pid"
