@@ -48,6 +48,21 @@ def setup(tmp_path_factory, one_torch_thread):
     return config, root / "cache"
 
 
+def _workflow_edit(tmp_path, model_dir, requests, method, hparams, regulariser, seed, batch_size, stats_paths):
+    """The workflow's edit_segment job over all `requests` (one segment from the base model), reloaded."""
+    hp = tmp_path / f"{method}.yaml"
+    hp.write_text(json.dumps(hparams))
+    editset = tmp_path / "editset.jsonl"
+    write_jsonl(editset, [r.to_json() for r in requests])
+    out = tmp_path / f"n{len(requests)}"
+    jobs.edit_segment(model_dir=model_dir, editset=str(editset), n_prev=0, n=len(requests), method_name=method,
+                      module=None, hparams_path=str(hp), regulariser=regulariser, seed=seed, batch_size=batch_size,
+                      stats_paths=stats_paths, prev_tensors=None, prev_meta=None, trained_dir=None,
+                      out_tensors=str(out / "checkpoint.safetensors"), out_meta=str(out / "checkpoint.json"),
+                      out_log=str(out / "edit_log.jsonl"))
+    return jobs.load_edited_model(model_dir, str(out / "checkpoint.safetensors"), str(out / "checkpoint.json"))[0]
+
+
 def test_dicts_get_the_style_of_their_kind_and_a_template():
     requests = api.load_requests(ZSRE_ROWS, kind="zsre")
     assert [r.style for r in requests] == ["zsre", "zsre"]
@@ -107,16 +122,7 @@ def test_editor_equals_the_workflow_bit_for_bit(setup, tmp_path):
     model_dir = str(cache / "models" / "tiny")
     own_stats = tmp_path / "layer1.safetensors"
     jobs.layer_stats(model_dir, str(cache / "data" / "prepared" / "tinytext.jsonl"), 1, 1500, 64, str(own_stats))
-    hp = tmp_path / "rome.yaml"
-    hp.write_text(json.dumps(ROME))
-    editset = tmp_path / "editset.jsonl"
-    write_jsonl(editset, [r.to_json() for r in requests])
-    out = tmp_path / "n2"
-    jobs.edit_segment(model_dir=model_dir, editset=str(editset), n_prev=0, n=2, method_name="rome", module=None,
-                      hparams_path=str(hp), regulariser="random-40", seed=3, batch_size=1, stats_paths={1: str(own_stats)},
-                      prev_tensors=None, prev_meta=None, trained_dir=None, out_tensors=str(out / "checkpoint.safetensors"),
-                      out_meta=str(out / "checkpoint.json"), out_log=str(out / "edit_log.jsonl"))
-    pipeline, _ = jobs.load_edited_model(model_dir, str(out / "checkpoint.safetensors"), str(out / "checkpoint.json"))
+    pipeline = _workflow_edit(tmp_path, model_dir, requests, "rome", ROME, "random-40", 3, 1, {1: str(own_stats)})
     changed = 0
     for name, param in pipeline.named_parameters():
         assert torch.equal(param, editor.model.get_parameter(name)), name
@@ -182,16 +188,7 @@ def test_batch_editing_with_statistics_of_several_layers_equals_the_workflow(set
         jobs.layer_stats(model_dir, corpus, layer, 1500, 64, stats[layer])
         cached = cache / "stats" / "tiny" / "tinytext-1500" / f"layer{layer}.safetensors"
         assert torch.equal(load_second_moment(cached)[0], load_second_moment(stats[layer])[0])
-    hp = tmp_path / "memit.yaml"
-    hp.write_text(json.dumps(memit))
-    editset = tmp_path / "editset.jsonl"
-    write_jsonl(editset, [r.to_json() for r in requests])
-    out = tmp_path / "n2"
-    jobs.edit_segment(model_dir=model_dir, editset=str(editset), n_prev=0, n=2, method_name="memit", module=None,
-                      hparams_path=str(hp), regulariser="rect-50", seed=0, batch_size=2, stats_paths=stats,
-                      prev_tensors=None, prev_meta=None, trained_dir=None, out_tensors=str(out / "checkpoint.safetensors"),
-                      out_meta=str(out / "checkpoint.json"), out_log=str(out / "edit_log.jsonl"))
-    pipeline, _ = jobs.load_edited_model(model_dir, str(out / "checkpoint.safetensors"), str(out / "checkpoint.json"))
+    pipeline = _workflow_edit(tmp_path, model_dir, requests, "memit", memit, "rect-50", 0, 2, stats)
     for name, param in pipeline.named_parameters():
         assert torch.equal(param, editor.model.get_parameter(name)), name
     assert sorted(editor.weight_stats()) == ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]
