@@ -110,6 +110,19 @@ def test_issue_examples_are_refused_on_load(tmp_path, key, value, allowed):
         load_hparams(path, load_method("rome").Hparams)
 
 
+def test_float_hyperparameters_written_as_yaml_1_1_strings(tmp_path):
+    """PyYAML reads 5e-1 (no dot) as a string: it must still become the number 0.5, and a word is refused."""
+    text = (FIXTURE_HPARAMS / "rome_tiny.yaml").read_text()
+    raw = yaml.safe_load(text)
+    path = tmp_path / "rome.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in raw.items() if k != "v_lr"}) + "v_lr: 5e-1\n")
+    assert yaml.safe_load(path.read_text())["v_lr"] == "5e-1"
+    assert load_hparams(path, load_method("rome").Hparams).v_lr == 0.5
+    path.write_text(yaml.safe_dump({k: v for k, v in raw.items() if k != "v_lr"}) + "v_lr: fast\n")
+    with pytest.raises(ValueError, match=r"v_lr='fast' should be a number"):
+        load_hparams(path, load_method("rome").Hparams)
+
+
 def test_range_spec_bounds():
     assert Range(0, 10, low_open=True).contains(10) and not Range(0, 10, low_open=True).contains(0)
     assert not Range(0, None).contains(math.inf) and not Range(None, None).contains(math.nan)

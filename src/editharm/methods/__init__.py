@@ -118,8 +118,16 @@ def _coerce(path: Path, key: str, value: Any, hint: Any) -> Any:
         inner = args[0] if args else Any
         items = [_coerce(path, key, v, inner) for v in value]
         return tuple(items) if origin is tuple else items
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML (YAML 1.1) reads an exponent without a dot, such as 5e-1, as a string.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{path}: hyperparameter {key}={value!r} should be a number")
     if hint in (int, str, bool) and not (type(value) is hint):
         raise ValueError(f"{path}: hyperparameter {key}={value!r} should be {hint.__name__}")
     return value
