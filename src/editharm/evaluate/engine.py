@@ -382,6 +382,11 @@ def score_rolling(model, tokenizer, items: Sequence[RollingItem], batch_size: in
     with _progress(len(units), "scoring windows", progress) as bar:
         for batch_units in _batches(units, batch_size, vocab):
             packed = pack_units(batch_units, pad_id, pad_side, dtype, device)
+            if len({u.length for u in batch_units}) == 1:
+                # one segment per row and no padding: the segment mask is the plain causal one, and
+                # without an explicit mask attention takes its fused kernel: SmolLM2, one 1,823-token
+                # window, 70% -> 85% of raw forward tokens per CPU second
+                packed.attention_mask = None
             _add_stat(stats, "tokens", packed.n_tokens)
             logprobs, _ = _score_batch(model, packed)
             for unit, lp in zip(batch_units, logprobs):
