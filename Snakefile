@@ -6,6 +6,7 @@
 # The config is validated against schemas/config.schema.json (and the library: known
 # methods, regularisers, tasks, hyperparameter files) before the DAG is built.
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,9 @@ from editharm.config import validate_config, hparams_path
 from editharm.methods import load_hparams, load_method
 from editharm.plan import Paths, chain_checkpoints, chains, previous_checkpoint, edit_set_size
 from editharm.evaluate.tasks import get_task
+from editharm.codehash import Entry, file_entry, module_entry, write_fingerprint
+from editharm.datasets import get_format
+from editharm.ruleparams import Canonical, Untracked
 
 BASEDIR = Path(workflow.basedir)
 
@@ -86,6 +90,38 @@ def edits_weights(method):
 
 def benchmark(rule_name, pattern):
     return f"{R}/benchmarks/{rule_name}/{pattern}.tsv"
+
+
+# Every job has a `code` input: a small JSON file under <cache_dir>/code/ with the sha256 of
+# the code the job runs (its workflow script, the library functions it calls and what they
+# import, transitively; editharm/codehash.py). The file is rewritten only when that hash
+# changes, so its mtime moves exactly when the job's code does and Snakemake reruns the job
+# and what depends on it. Modules a job finds by name at run time (its method, its task, a
+# dataset format) are added here, so a change to sst2.py reruns the SST-2 jobs only.
+CODE_DIR = Path(CFG["cache_dir"]) / "code"
+
+
+def _method_entry(method):
+    mod = method_module(method)
+    if mod.__name__.split(".")[0] == "editharm":
+        return module_entry(mod.__name__)
+    return Entry(mod.__name__, mod.__file__)  # a method of one's own, outside the package
+
+
+@functools.lru_cache(maxsize=None)
+def code_input(script, method=None, task=None, fmt=None, notebook=None):
+    entries = [file_entry(BASEDIR / "workflow_scripts" / f"{script}.py")]
+    if method:
+        entries.append(_method_entry(method))
+    if task:
+        entries.append(module_entry(type(get_task(task)).__module__))
+    if fmt:
+        normaliser = get_format(fmt)
+        entries.append(module_entry(normaliser.__module__, [normaliser.__name__]))
+    if notebook:
+        entries.append(file_entry(BASEDIR / "notebooks" / f"{notebook}.ipynb"))
+    variant = ",".join(f"{k}={v}" for k, v in (("method", method), ("task", task), ("format", fmt), ("notebook", notebook)) if v)
+    return write_fingerprint(CODE_DIR / script / f"{variant or 'all'}.json", entries)
 
 
 include: "rules/data.smk"

@@ -2,10 +2,12 @@
 
 
 rule download_dataset:
+    input:
+        code=code_input("download_dataset"),
     output:
         P.raw_manifest(),
     params:
-        spec=lambda w: CFG["datasets"][w.dataset],
+        spec=lambda w: Canonical(CFG["datasets"][w.dataset]),
         mirror=MIRROR,
     resources:
         mem_mb=1000,
@@ -19,10 +21,11 @@ rule download_dataset:
 rule prepare_dataset:
     input:
         P.raw_manifest(),
+        code=lambda w: code_input("prepare_dataset", fmt=CFG["datasets"][w.dataset]["format"]),
     output:
         P.prepared(),
     params:
-        spec=lambda w: CFG["datasets"][w.dataset],
+        spec=lambda w: Canonical(CFG["datasets"][w.dataset]),
     resources:
         mem_mb=2000,
         runtime=30,
@@ -36,6 +39,7 @@ rule sample_edits:
     # One edit set per (dataset, seed), shared by every method and regulariser.
     input:
         P.prepared(),
+        code=code_input("sample_edits"),
     output:
         P.editset(),
     params:

@@ -1,6 +1,7 @@
 # Sequential editing as a chain of segment jobs: 0 -> 1 -> 10 -> 100 -> 1000.
-# Each segment reads the previous checkpoint; a method's code and hyperparameter file are
-# inputs, so changing them reruns that method's segments and what depends on them only.
+# Each segment reads the previous checkpoint; a method's code (its module and the library code
+# it imports: the `code` input) and hyperparameter file are inputs, so changing them reruns that
+# method's segments and what depends on them only.
 
 
 _CHAIN_CHECKPOINTS = {(c.model, c.dataset, c.method, c.regulariser, str(c.seed)): chain_checkpoints(CFG, c) for c in CHAINS}
@@ -39,7 +40,7 @@ def edit_segment_inputs(w):
         "model": P.model_manifest(w.model),
         "editset": P.editset(w.dataset, w.seed),
         "hparams": hparams_path(CFG, w.model, w.method),
-        "method_code": method_module(w.method).__file__,
+        "code": code_input("edit_segment", method=w.method),
         "stats": list(stats_inputs(w.model, w.method).values()),
     }
     if n_prev > 0:
@@ -57,7 +58,7 @@ rule train_method:
         model=P.model_manifest(),
         data=P.prepared("{dataset}"),
         hparams=lambda w: hparams_path(CFG, w.model, w.method),
-        method_code=lambda w: method_module(w.method).__file__,
+        code=lambda w: code_input("train_method", method=w.method),
     output:
         P.trained(),
     params:
@@ -87,7 +88,7 @@ rule edit_segment:
         n_prev=_n_prev,
         module=lambda w: CFG["methods"][w.method].get("module"),
         batch_size=lambda w: CFG["methods"][w.method].get("batch_size", 1),
-        stats=lambda w: stats_inputs(w.model, w.method),
+        stats=lambda w: Canonical(stats_inputs(w.model, w.method)),
     threads: THREADS
     resources:
         mem_mb=16000,

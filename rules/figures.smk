@@ -2,8 +2,9 @@
 #   edit_harm   the overview notebook (downstream.png, editing.png, weight_stats.png)
 #   figure      one job per paper figure notebook, notebooks/<fig>.ipynb -> results/figures/<fig>.{png,csv,json,ipynb,html}
 #   figures     results/figures/index.html, linking every figure with the config, versions and seeds
-# A figure's code is its notebook plus src/editharm/figures.py: both are inputs, so editing either
-# reruns the figures and nothing upstream.
+# A figure's code is its notebook plus the library code it and workflow_scripts/figures.py import
+# (src/editharm/figures.py, ...): the notebook and that code's fingerprint are inputs, so editing
+# either reruns the figures and nothing upstream.
 
 from editharm.figures import FIGURES
 from editharm.plan import models_in_use
@@ -30,7 +31,6 @@ def _chain_files(kind):
 TABLES = ["downstream", "editing", "weight_stats", "edit_log", "timings"]
 FIGURE_NOTEBOOKS = list(FIGURES)
 FIGURE_FILES = ["png", "csv", "json", "ipynb", "html"]
-FIGURE_CODE = str(BASEDIR / "src" / "editharm" / "figures.py")
 # What the notebooks are told about the run: batch sizes and modules of the methods (gu_fig4),
 # the models (li_fig3, li_fig4), the experiments, seeds and checkpoints.
 FIGURE_CONFIG = {k: CFG[k] for k in ("methods", "models", "experiments", "seeds", "checkpoints", "tasks", "weight_stats")
@@ -44,10 +44,11 @@ rule aggregate:
         weights=_chain_files("weights"),
         logs=_chain_files("logs"),
         base=sorted({P.base_score(c.model, t) for c in CHAINS for t in CFG["tasks"]}),
+        code=code_input("aggregate"),
     output:
         **{name: P.table(name) for name in TABLES},
     params:
-        config=CFG,
+        config=Canonical(CFG),
         weight_editing=sorted(m for m in CFG["methods"] if edits_weights(m)),
     resources:
         mem_mb=2000,
@@ -62,6 +63,7 @@ rule edit_harm:
     input:
         tables=rules.aggregate.output,
         notebook=str(BASEDIR / "notebooks" / "edit_harm.ipynb"),
+        code=code_input("figures", notebook="edit_harm"),
     output:
         notebook=f"{R}/figures/edit_harm.ipynb",
         html=f"{R}/figures/edit_harm.html",
@@ -81,7 +83,7 @@ def _figure_inputs(w):
     inputs = {
         "tables": list(rules.aggregate.output),
         "notebook": str(BASEDIR / "notebooks" / f"{w.fig}.ipynb"),
-        "code": FIGURE_CODE,
+        "code": code_input("figures", notebook=w.fig),
     }
     if w.fig == "gu_fig5":
         inputs["heatmaps"] = _chain_files("heatmaps")
@@ -101,7 +103,7 @@ rule figure:
         notebook=f"{R}/figures/{{fig}}.ipynb",
         html=f"{R}/figures/{{fig}}.html",
     params:
-        config=FIGURE_CONFIG,
+        config=Canonical(FIGURE_CONFIG),
     wildcard_constraints:
         fig="|".join(FIGURE_NOTEBOOKS),
     resources:
@@ -118,11 +120,14 @@ rule figures:
         overview=rules.edit_harm.output,
         figures=expand(f"{R}/figures/{{fig}}.{{ext}}", fig=FIGURE_NOTEBOOKS, ext=FIGURE_FILES),
         tables=rules.aggregate.output,
+        code=code_input("figures"),
     output:
         index=f"{R}/figures/index.html",
     params:
-        config=CFG,
-        config_source=CONFIG_SOURCE,
+        config=Canonical(CFG),
+        # The file the config was read from, shown on the page: the same config under
+        # another name makes the same figures, so it does not rerun the job.
+        config_source=Untracked(CONFIG_SOURCE),
         names=FIGURE_NOTEBOOKS,
     resources:
         mem_mb=1000,

@@ -2,10 +2,12 @@
 
 
 rule fetch_model:
+    input:
+        code=code_input("fetch_model"),
     output:
         P.model_manifest(),
     params:
-        source=lambda w: CFG["models"][w.model]["source"],
+        source=lambda w: Canonical(CFG["models"][w.model]["source"]),
     resources:
         mem_mb=8000,
         runtime=60,
@@ -19,6 +21,7 @@ rule layer_stats:
     input:
         model=P.model_manifest(),
         corpus=P.prepared("{corpus}"),
+        code=code_input("layer_stats"),
     output:
         P.layer_stats(),
     params:

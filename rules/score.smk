@@ -28,6 +28,7 @@ rule locality_reference:
     input:
         model=P.model_manifest(),
         editset=P.editset(),
+        code=code_input("locality_reference"),
     output:
         P.locality_reference(),
     params:
@@ -49,6 +50,7 @@ rule edit_metrics:
         unpack(checkpoint_inputs),
         editset=P.editset(),
         reference=P.locality_reference(),
+        code=lambda w: code_input("edit_metrics", method=w.method),
     output:
         P.edit_metrics(),
     params:
@@ -72,6 +74,7 @@ rule score_task:
     input:
         unpack(checkpoint_inputs),
         unpack(lambda w: _task_data(w.task)),
+        code=lambda w: code_input("score_task", method=w.method, task=w.task),
     output:
         P.score(),
     params:
@@ -97,6 +100,7 @@ rule score_base:
     input:
         unpack(lambda w: _task_data(w.task)),
         model=P.model_manifest(),
+        code=lambda w: code_input("score_task", task=w.task),
     output:
         P.base_score(),
     params:

@@ -6,11 +6,12 @@ rule weight_stats:
         model=P.model_manifest(),
         tensors=P.checkpoint(),
         meta=P.checkpoint_meta(),
+        code=code_input("weight_stats"),
     output:
         stats=P.weight_stats(),
         heatmaps=P.heatmaps(),
     params:
-        settings=CFG["weight_stats"],
+        settings=Canonical(CFG["weight_stats"]),
     threads: 1
     resources:
         mem_mb=8000,

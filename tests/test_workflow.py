@@ -38,10 +38,11 @@ def _write_config(workdir: Path, **changes) -> Path:
     return path
 
 
-def _snakemake(workdir: Path, config: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile", str(config),
+def _snakemake(workdir: Path, config: Path, *args: str, timeout: int = 1200, root: Path = ROOT) -> subprocess.CompletedProcess:
+    """Snakemake on the workflow in `root` (a copy of the checkout, for tests that change its code)."""
+    cmd = [*SNAKEMAKE, "--snakefile", str(root / "Snakefile"), "--directory", str(workdir), "--configfile", str(config),
            "--cores", "2", *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 

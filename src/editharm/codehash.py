@@ -71,7 +71,7 @@ def module_entry(name: str, names: Iterable[str] | None = None) -> Entry:
 
 
 def file_entry(path: str | os.PathLike) -> Entry:
-    """A script outside the package (a workflow script, a method module of one's own),
+    """A script outside the package (a workflow script, a notebook's code cells, a method module of one's own),
     labelled by its folder and file name so that moving the checkout changes nothing."""
     path = Path(path).resolve()
     return Entry(f"{path.parent.name}/{path.name}", str(path))
@@ -83,7 +83,7 @@ class _Module:
     def __init__(self, entry_label: str, path: Path):
         self.label = entry_label
         self.path = path
-        self.source = path.read_text(encoding="utf-8")
+        self.source = _notebook_code(path) if path.suffix == ".ipynb" else path.read_text(encoding="utf-8")
         try:
             tree = ast.parse(self.source, filename=str(path))
         except SyntaxError as e:
@@ -137,9 +137,32 @@ class _Module:
         """What the fingerprint hashes: the whole file, or module-level code plus the reached definitions."""
         if names is None:
             return self.source
-        parts = [ast.get_source_segment(self.source, stmt) or ast.dump(stmt) for stmt in self.module_level]
-        parts += [ast.get_source_segment(self.source, self.defs[n]) or ast.dump(self.defs[n]) for n in self.reached(names)]
-        return "\n".join(parts)
+        parts = [self._lines(stmt) for stmt in self.module_level]
+        parts += [self._lines(self.defs[n]) for n in self.reached(names)]
+        return "".join(parts)
+
+    def _lines(self, node: ast.stmt) -> str:
+        """The source lines of a top-level statement, decorators included (whole lines: a
+        top-level statement starts a line; ast.get_source_segment re-splits the file per call)."""
+        if not hasattr(self, "_source_lines"):
+            self._source_lines = self.source.splitlines(keepends=True)
+        start = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+        return "".join(self._source_lines[start - 1: node.end_lineno])
+
+
+def _notebook_code(path: Path) -> str:
+    """A notebook's code cells as one Python source (IPython magics and shell lines commented out)."""
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{path}: not a Jupyter notebook (no cells to read the code of): {e}") from e
+    lines = []
+    for cell in cells:
+        if cell.get("cell_type") == "code":
+            src = cell.get("source", "")
+            src = "".join(src) if isinstance(src, list) else src
+            lines += [f"# {line}" if line.lstrip().startswith(("%", "!")) else line for line in src.splitlines()]
+    return "\n".join(lines) + "\n"
 
 
 def _is_type_checking_block(stmt: ast.stmt) -> bool:
