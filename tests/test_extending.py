@@ -1,6 +1,7 @@
 """A new method is one module, one hyperparameter file and its name in config: the DAG
 schedules its edits, scores and statistics with no change to rules or scripts."""
 
+import json
 import os
 import subprocess
 import sys
@@ -58,4 +59,9 @@ def test_a_toy_method_in_its_own_module_is_scheduled(tmp_path):
     for rule in ("edit_segment", "edit_metrics", "weight_stats", "score_task"):
         assert jobs.get(rule) == 4, (rule, jobs)
     assert "layer_stats" not in jobs
-    assert "toy_method.py" in result.stdout + result.stderr, "the method's code is an input of its edit jobs"
+    # The method's code (its module and the editharm code it imports) is an input of its edit
+    # jobs, as a code fingerprint (editharm/codehash.py).
+    code = "cache-ci/code/edit_segment/method=toy.json"
+    assert code in result.stdout, "the method's code is an input of its edit jobs"
+    files = json.loads((tmp_path / code).read_text())["files"]
+    assert {"toy_method", "editharm.methods.base"} <= set(files), files
