@@ -78,7 +78,9 @@ def test_one_figure_job_per_notebook(planned):
     assert set(figures) == set(FIGURES)
     for name, job in figures.items():
         assert str(ROOT / "notebooks" / f"{name}.ipynb") in job["input"], name
-        assert str(ROOT / "src" / "editharm" / "figures.py") in job["input"], name
+        # The code it runs (notebook cells, workflow script, editharm.figures and what they import),
+        # as a fingerprint file: editharm/codehash.py.
+        assert f"cache-ci/code/figures/notebook={name}.json" in job["input"], name
         assert "results-ci/tables/downstream.csv" in job["input"], name
     heatmaps = [f for f in figures["gu_fig5"]["input"] if f.endswith("heatmaps.safetensors")]
     # 7 chains (tiny-llama: rome none and rect-40, memit, memit_b2; tiny-llama-chat: rome, memit, memit_b2)
