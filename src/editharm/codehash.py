@@ -95,6 +95,14 @@ class _Module:
                 self.defs[stmt.name] = stmt
             elif not _is_type_checking_block(stmt):
                 self.module_level.append(stmt)
+        # One walk per top-level statement: the names it uses and the imports it makes.
+        self._uses = {name: _names_used(node) for name, node in self.defs.items()}
+        self._imports = {name: _imports_in(node) for name, node in self.defs.items()}
+        # Module-level code runs on import, and so do decorators and class bases.
+        self._used_on_import = set().union(*map(_names_used, self.module_level), set(), *(
+            _names_used(d) for node in self.defs.values() for d in getattr(node, "decorator_list", [])))
+        self._module_imports = [i for stmt in self.module_level for i in _imports_in(stmt)]
+        self._reached: dict[frozenset[str] | None, list[str]] = {}
 
     def package(self) -> str:
         """The package relative imports start from (only meaningful for editharm modules)."""
@@ -104,34 +112,23 @@ class _Module:
 
     def reached(self, names: frozenset[str] | None) -> list[str]:
         """Top-level definitions run by importing this module and using `names`."""
-        if names is None:
-            return sorted(self.defs)
-        todo = set(names)
-        for stmt in self.module_level:
-            todo |= _names_used(stmt)
-        for node in self.defs.values():  # decorators and class bases run on import
-            for dec in getattr(node, "decorator_list", []):
-                todo |= _names_used(dec)
-        seen: set[str] = set()
-        while todo:
-            name = todo.pop()
-            if name in seen or name not in self.defs:
-                continue
-            seen.add(name)
-            todo |= _names_used(self.defs[name]) - seen
-        return sorted(seen)
+        if names not in self._reached:
+            if names is None:
+                self._reached[names] = sorted(self.defs)
+            else:
+                todo, seen = set(names) | self._used_on_import, set()
+                while todo:
+                    name = todo.pop()
+                    if name in seen or name not in self.defs:
+                        continue
+                    seen.add(name)
+                    todo |= self._uses[name] - seen
+                self._reached[names] = sorted(seen)
+        return self._reached[names]
 
     def imports(self, names: frozenset[str] | None) -> list[tuple[str, int, tuple[str, ...] | None]]:
         """(module, level, imported names or None for `import x`) in module-level code and reached definitions."""
-        found = []
-        nodes = self.module_level + [self.defs[n] for n in self.reached(names)]
-        for stmt in nodes:
-            for node in ast.walk(stmt):
-                if isinstance(node, ast.Import):
-                    found += [(alias.name, 0, None) for alias in node.names]
-                elif isinstance(node, ast.ImportFrom):
-                    found.append((node.module or "", node.level, tuple(a.name for a in node.names)))
-        return found
+        return self._module_imports + [i for n in self.reached(names) for i in self._imports[n]]
 
     def text(self, names: frozenset[str] | None) -> str:
         """What the fingerprint hashes: the whole file, or module-level code plus the reached definitions."""
@@ -174,6 +171,16 @@ def _is_type_checking_block(stmt: ast.stmt) -> bool:
 
 def _names_used(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _imports_in(node: ast.AST) -> list[tuple[str, int, tuple[str, ...] | None]]:
+    found = []
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Import):
+            found += [(alias.name, 0, None) for alias in sub.names]
+        elif isinstance(sub, ast.ImportFrom):
+            found.append((sub.module or "", sub.level, tuple(a.name for a in sub.names)))
+    return found
 
 
 _PARSED: dict[tuple[str, str, int, int], _Module] = {}
