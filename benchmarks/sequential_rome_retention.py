@@ -196,11 +196,16 @@ def main(argv: list[str] | None = None) -> None:
           f"load {os.getloadavg()}", flush=True)
 
     # The statistic is needed for mom2_adjustment and for the geometry comparison
-    # (alpha with u = C^-1 k*), so it is always collected.
-    t = time.process_time()
-    cov = collect_second_moments(model, tokenizer, facts, [hp.layer], corpus_texts(args.corpus), args.cov_tokens,
-                                 progress=False)[hp.layer]
-    print(f"second moment of layer {hp.layer} over {args.cov_tokens} tokens: {time.process_time() - t:.1f} CPU s", flush=True)
+    # (alpha with u = C^-1 k*); --cov-tokens 0 skips it when neither is wanted.
+    cov = None
+    if args.cov_tokens > 0:
+        t = time.process_time()
+        cov = collect_second_moments(model, tokenizer, facts, [hp.layer], corpus_texts(args.corpus), args.cov_tokens,
+                                     progress=False)[hp.layer]
+        print(f"second moment of layer {hp.layer} over {args.cov_tokens} tokens: {time.process_time() - t:.1f} CPU s",
+              flush=True)
+    elif hp.mom2_adjustment:
+        ap.error("mom2_adjustment: true needs the key statistic: --cov-tokens must be positive")
     context = EditContext(facts=facts, covariance=lambda layer: cov, seed=0)
     if args.variant == "easyedit-code":
         if not args.easyedit:
@@ -213,8 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     groups = context_templates(model, tokenizer, context, hp.context_template_length_params)
     k_star = subject_keys(model, tokenizer, facts, requests, [hp.layer], groups)[hp.layer]
     k_plain = subject_keys(model, tokenizer, facts, requests, [hp.layer], [["{}"]])[hp.layer]
-    geometry = {"identity": key_geometry(k_star, k_plain, k_star),
-                "whitened": key_geometry(k_star, k_plain, context.solve_covariance(hp.layer, k_star.T).T)}
+    geometry = {"identity": key_geometry(k_star, k_plain, k_star)}
+    if cov is not None:
+        geometry["whitened"] = key_geometry(k_star, k_plain, context.solve_covariance(hp.layer, k_star.T).T)
     print("key geometry at layer", hp.layer, json.dumps(geometry), flush=True)
 
     reference = locality_reference(model, tokenizer, ee_requests, progress=False)
