@@ -1,34 +1,64 @@
 """How far a ROME update leaves the plain prompt from v* (the residual of issue 8, point 1).
 
-Run it on a checkout before d64f8ee (edit the two /tmp/old paths) to see the pre-fix
-gap; on the current code it prints ~0. Paths below are the ones used for docs/bench_rome.md.
+For each CounterFact case: |(W + dW) k0 + b - v*| / |v* - (W k0 + b)|, with k0 the plain
+prompt's key. The current code gives ~0; run it with --src pointing at a checkout from
+before d64f8ee to see the old gap (docs/bench_rome.md).
+
+    .venv/bin/python benchmarks/rome_residual_gap.py --model <folder> --cov <second moment> [--src old/src]
 """
-import sys, torch
-sys.path.insert(0, "/tmp/old/src")
-from editharm.methods import load_hparams, rome
-from editharm.methods.base import EditContext
-from editharm.methods.covariance import load_second_moment
-from editharm.methods.values import fill, tokenize_at_subject
-from editharm.nethook import capture
-from editharm.models import load_model, facts_for
-sys.path.insert(0, "/tmp/old/benchmarks")
-from bench_rome import counterfact_requests
-torch.set_num_threads(1)
-model, tok = load_model("/work/bench/smol", device="cpu")
-facts = facts_for(model)
-hp = load_hparams("/tmp/old/configs/methods/rome/llama.yaml", rome.Hparams)
-cov, _ = load_second_moment("/work/bench/cov_l8_20k.safetensors")
-ctx = EditContext(facts=facts, covariance=lambda l: cov, seed=0)
-name = facts.down_weight_name(hp.layer)
-W = facts.linear_weight(model.get_parameter(name).detach()).double()
-for req in counterfact_requests("/work/shared/data/counterfact/counterfact_filtered.json", 5):
-    edit = rome.compute_rome(model, tok, req, hp, ctx)
-    text, a, b = fill("{}", req.prompt, req.subject)
-    ids, pos = tokenize_at_subject(tok, text, a, b)
-    mod = facts.mlp_down.format(hp.layer)
-    with capture(model, [mod], inputs=True, outputs=True) as rec, torch.no_grad():
-        model(input_ids=torch.tensor([ids]))
-    k0, ref = rec[mod].input[0, pos].double(), rec[mod].output[0, pos].double()
-    out = (W + edit.delta.double()) @ k0
-    gap = (out - edit.value.double()).norm() / (edit.value.double() - ref).norm()
-    print(f"case {req.case_id}: |(W+dW)k0 - v*| / |delta| = {gap:.4f}", flush=True)
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--cov", required=True, help="second-moment file of the edited layer (save_second_moment)")
+    ap.add_argument("--counterfact", default=str(ROOT.parent / "shared" / "data" / "counterfact" / "counterfact_filtered.json"))
+    ap.add_argument("--hparams", default=str(ROOT / "configs" / "methods" / "rome" / "llama.yaml"))
+    ap.add_argument("--src", help="an editharm src/ folder to import instead of the installed one")
+    ap.add_argument("--n", type=int, default=5)
+    args = ap.parse_args(argv)
+    if args.src:
+        sys.path.insert(0, args.src)
+    import torch
+
+    from editharm.editsets import convert_file
+    from editharm.methods import load_hparams, rome
+    from editharm.methods.base import EditContext
+    from editharm.methods.covariance import load_second_moment
+    from editharm.methods.values import fill, tokenize_at_subject
+    from editharm.models import facts_for, load_model
+    from editharm.nethook import capture
+    from editharm.requests import EditRequest
+
+    torch.set_num_threads(1)
+    model, tok = load_model(args.model, device="cpu")
+    facts = facts_for(model)
+    hp = load_hparams(args.hparams, rome.Hparams)
+    cov, _ = load_second_moment(args.cov)
+    ctx = EditContext(facts=facts, covariance=lambda layer: cov, seed=0)
+    module = facts.mlp_down.format(hp.layer)
+    weight = facts.linear_weight(model.get_parameter(facts.down_weight_name(hp.layer)).detach()).double()
+    bias = getattr(model.get_submodule(module), "bias", None)
+    for row in convert_file("counterfact_rome", args.counterfact).rows[:args.n]:
+        req = EditRequest.from_json(row)
+        edit = rome.compute_rome(model, tok, req, hp, ctx)
+        text, a, b = fill("{}", req.prompt, req.subject)
+        ids, pos = tokenize_at_subject(tok, text, a, b)
+        with capture(model, [module], inputs=True, outputs=True) as rec, torch.no_grad():
+            model(input_ids=torch.tensor([ids]))
+        k0, unedited = rec[module].input[0, pos].double(), rec[module].output[0, pos].double()
+        edited = (weight + edit.delta.double()) @ k0 + (0 if bias is None else bias.detach().double())
+        gap = (edited - edit.value.double()).norm() / (edit.value.double() - unedited).norm()
+        print(f"case {req.case_id}: |(W + dW) k0 + b - v*| / |delta| = {gap:.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
