@@ -38,6 +38,7 @@ from editharm.methods.covariance import collect_second_moments, load_second_mome
 from editharm.models import facts_for, load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+MIRROR = ROOT.parent / "shared" / "data"   # the data mirror next to the checkout, as in config.yaml
 
 
 def cov_path(cov_dir: Path, layer: int, tokens: int) -> Path:
@@ -138,8 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", nargs="+", default=["memit", "pmet", "alphaedit"])
     ap.add_argument("--model", default=str(ROOT / "cache" / "models" / "smollm2-135m"))
     ap.add_argument("--hparams-dir", default=str(ROOT / "configs" / "methods"))
-    ap.add_argument("--counterfact", default="/work/shared/data/counterfact/counterfact_filtered.json")
-    ap.add_argument("--corpus", default="/work/shared/data/wikitext2_tokenized/valid.txt")
+    ap.add_argument("--counterfact", default=str(MIRROR / "counterfact" / "counterfact_filtered.json"))
+    ap.add_argument("--corpus", default=str(MIRROR / "wikitext2_tokenized" / "valid.txt"))
     ap.add_argument("--cov-dir", type=Path, default=Path("/tmp/editharm_bench_cov"))
     ap.add_argument("--cov-tokens", type=int, default=20000)
     ap.add_argument("--n", type=int, default=20)

@@ -7,7 +7,7 @@ accumulate instead (as the pipeline applies them, updates.write_update): each ed
 efficacy is scored right after it, and after the last edit every edit so far is
 scored again (retention).
 
-    .venv/bin/python benchmarks/bench_rome.py [--model /tmp/smol] [--n 20] [--threads 1] [--sequential]
+    .venv/bin/python benchmarks/bench_rome.py [--model cache/models/smollm2-135m] [--n 20] [--threads 1] [--sequential]
 
 Efficacy, paraphrase and neighbourhood scores follow ROME's CounterFact comparison:
 an edit succeeds when the mean per-token NLL of target_new is below target_true's
@@ -73,7 +73,7 @@ def corpus_texts(path: str | Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="/tmp/smol")
+    ap.add_argument("--model", default=str(ROOT / "cache" / "models" / "smollm2-135m"))
     ap.add_argument("--hparams", default=str(ROOT / "configs/methods/rome/llama.yaml"))
     ap.add_argument("--counterfact", default=str(MIRROR / "counterfact" / "counterfact_filtered.json"))
     ap.add_argument("--corpus", default=str(MIRROR / "wikitext2_tokenized" / "valid.txt"))

@@ -1,6 +1,6 @@
 """Benchmark KN, FT-L and GRACE on a real model: seconds per edit, efficacy, peak memory.
 
-    .venv/bin/python benchmarks/bench_simple_methods.py [--methods kn ft grace] [--model /tmp/smol] [--n 20]
+    .venv/bin/python benchmarks/bench_simple_methods.py [--methods kn ft grace] [--model cache/models/smollm2-135m] [--n 20]
 
 Each method runs in its own subprocess so that its peak resident memory is its own.
 KN and GRACE edit one request at a time, each from the unedited model (KN's update is
@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_rome import counterfact_requests  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+MIRROR = ROOT.parent / "shared" / "data"   # the data mirror next to the checkout, as in config.yaml
 
 
 @torch.no_grad()
@@ -136,10 +137,10 @@ def run_one(method_name: str, args) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=["kn", "ft", "grace"])
-    ap.add_argument("--model", default="/tmp/smol")
+    ap.add_argument("--model", default=str(ROOT / "cache" / "models" / "smollm2-135m"))
     ap.add_argument("--family", default="llama", help="hparams file name inside configs/methods/<method>/")
     ap.add_argument("--hparams-dir", help="folder holding <family>.yaml (default configs/methods/<method>)")
-    ap.add_argument("--counterfact", default="/work/shared/data/counterfact/counterfact_filtered.json")
+    ap.add_argument("--counterfact", default=str(MIRROR / "counterfact" / "counterfact_filtered.json"))
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--threads", type=int, help="torch threads (1 is often faster on a loaded shared machine)")
     ap.add_argument("--ft-instance", action="store_true", help="edit batch methods one request at a time")

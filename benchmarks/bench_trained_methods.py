@@ -14,7 +14,7 @@ per-token NLL of target_new is below target_true's (the reverse for neighbourhoo
 prompts). The machine may be shared: wall and CPU seconds and the load average are
 printed together.
 
-    .venv/bin/python benchmarks/bench_trained_methods.py [--model /tmp/smol] [--n 20] [--threads 1]
+    .venv/bin/python benchmarks/bench_trained_methods.py [--model cache/models/smollm2-135m] [--n 20] [--threads 1]
         [--methods mend serac] [--work /tmp/bench_trained_methods] [--json out.json] [--reuse]
 """
 
@@ -40,6 +40,7 @@ from editharm.models import facts_for, load_model
 from editharm.requests import EditRequest
 
 ROOT = Path(__file__).resolve().parents[1]
+MIRROR = ROOT.parent / "shared" / "data"   # the data mirror next to the checkout, as in config.yaml
 DATA = ROOT.parent / "shared" / "data"
 
 
@@ -155,7 +156,7 @@ def bench_method(name: str, model, tokenizer, train_reqs, edits, work: Path, reu
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="/tmp/smol")
+    ap.add_argument("--model", default=str(ROOT / "cache" / "models" / "smollm2-135m"))
     ap.add_argument("--train", default=str(DATA / "zsre" / "zsre_mend_train-1k.json"))
     ap.add_argument("--counterfact", default=str(DATA / "counterfact" / "counterfact_filtered.json"))
     ap.add_argument("--n", type=int, default=20)

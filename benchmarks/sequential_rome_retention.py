@@ -17,8 +17,8 @@ geometry of the keys that explains the interference: for edit i with left vector
 the share of its residual written into subject j's MLP output at the edited layer is
 alpha_ij = (u_i . k0_j) / (u_i . k0_i) (k0 = a subject's key in its plain prompt).
 
-    .venv/bin/python benchmarks/sequential_rome_retention.py --model /tmp/kn/smollm2 \
-        --hparams configs/methods/rome/llama-2-7b.yaml --layer 6 --out /tmp/kn/easyedit.json
+    .venv/bin/python benchmarks/sequential_rome_retention.py --model cache/models/smollm2-135m \
+        --hparams configs/methods/rome/llama-2-7b.yaml --layer 6 --out results/bench/easyedit.json
 
 `--variant` changes one thing in this script (never in the library) to test a
 hypothesis about EasyEdit:
@@ -61,6 +61,7 @@ from editharm.regularize import parse_regulariser  # noqa: E402
 from editharm.updates import apply_weight_update  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+MIRROR = ROOT.parent / "shared" / "data"   # the data mirror next to the checkout, as in config.yaml
 VARIANTS = ("pipeline", "easyedit-code")
 
 
@@ -168,11 +169,11 @@ def answer_accuracy(model, tokenizer, requests) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="/tmp/kn/smollm2")
+    ap.add_argument("--model", default=str(ROOT / "cache" / "models" / "smollm2-135m"))
     ap.add_argument("--hparams", default=str(ROOT / "configs/methods/rome/llama.yaml"))
     ap.add_argument("--layer", type=int, help="override the hparams layer")
-    ap.add_argument("--counterfact", default="/work/shared/data/counterfact/counterfact_filtered.json")
-    ap.add_argument("--corpus", default="/work/shared/data/wikitext2_tokenized/valid.txt")
+    ap.add_argument("--counterfact", default=str(MIRROR / "counterfact" / "counterfact_filtered.json"))
+    ap.add_argument("--corpus", default=str(MIRROR / "wikitext2_tokenized" / "valid.txt"))
     ap.add_argument("--cov-tokens", type=int, default=100000)
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--variant", choices=VARIANTS, default="pipeline")
