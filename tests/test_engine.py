@@ -198,8 +198,18 @@ def test_batches_respect_token_budget(monkeypatch):
     monkeypatch.setattr(engine, "MAX_BATCH_TOKENS", 10)
     units = [engine._Unit(i, [1] * n, [[2]]) for i, n in enumerate([6, 5, 4, 3, 2])]
     batches = list(engine._batches(units, batch_size=16, vocab=100))
-    assert [[u.index for u in b] for b in batches] == [[0], [1, 2], [3, 4]]
+    # [3, 4] would be 6 padded positions for 5 real tokens, over the 15% padding slack.
+    assert [[u.index for u in b] for b in batches] == [[0], [1, 2], [3], [4]]
     assert all(len(b) * max(u.length for u in b) <= 10 for b in batches)
+
+
+def test_batches_bound_padding():
+    units = [engine._Unit(i, [1] * n, [[2]]) for i, n in enumerate([100, 98, 95, 60, 59, 58, 20])]
+    batches = list(engine._batches(units, batch_size=16, vocab=100))
+    # 400 padded for 353 real tokens fits the slack; a fifth row would make it 500 for 412.
+    assert [[u.index for u in b] for b in batches] == [[0, 1, 2, 3], [4, 5], [6]]
+    for b in batches:
+        assert len(b) * max(u.length for u in b) <= engine.PADDING_SLACK * sum(u.length for u in b)
 
 
 def test_forward_throughput_is_positive():

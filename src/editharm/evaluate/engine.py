@@ -48,6 +48,7 @@ from editharm.evaluate.tasks.base import ChoiceItem, ChoiceOutput, GenerationIte
 # positions x vocabulary, float32) - the logits dominate for large vocabularies.
 MAX_BATCH_TOKENS = 16384
 MAX_LOGIT_ELEMENTS = 1 << 27  # 512 MiB of float32
+PADDING_SLACK = 1.15           # a batch's padded size over its real tokens, at most
 
 
 class NonFiniteLogitsError(RuntimeError):
@@ -88,7 +89,9 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def _check_finite(logits: torch.Tensor, what: str) -> None:
-    if not torch.isfinite(logits).all():
+    # One reduction first (a sum is finite iff every term is, short of magnitudes near the
+    # dtype's limit): an elementwise isfinite over [B, K, vocab] logits cost 7% of PIQA's time.
+    if not torch.isfinite(logits.sum(dtype=torch.float64)) and not torch.isfinite(logits).all():
         bad = (~torch.isfinite(logits)).sum().item()
         raise NonFiniteLogitsError(f"model produced {bad} non-finite logits while {what} (NaN or Inf: a collapsed model)")
 
@@ -164,18 +167,25 @@ def _make_unit(index: int, ctx: list[int], conts: list[list[int]], max_len: int 
 
 
 def _batches(units: list[_Unit], batch_size: int, vocab: int) -> Iterator[list[_Unit]]:
-    """Consecutive units (sorted longest first) within the row, token and logit budgets."""
+    """Consecutive units (sorted longest first) within the row, token, logit and padding budgets.
+
+    A batch also ends where padding would exceed PADDING_SLACK of its real tokens: items of
+    very different lengths (PIQA's solutions) otherwise spend a quarter of the forward
+    pass on pads, and on a CPU a smaller batch costs almost nothing per token.
+    """
     max_keep_elems = max(1, MAX_LOGIT_ELEMENTS // max(vocab, 1))
     batch: list[_Unit] = []
-    longest = keep = 0
+    longest = keep = real = 0
     for unit in units:
         new_longest, new_keep = max(longest, unit.length), max(keep, unit.n_keep)
         n = len(batch) + 1
-        if batch and (n > batch_size or n * new_longest > MAX_BATCH_TOKENS or n * new_keep > max_keep_elems):
+        if batch and (n > batch_size or n * new_longest > MAX_BATCH_TOKENS or n * new_keep > max_keep_elems
+                      or n * new_longest > PADDING_SLACK * (real + unit.length)):
             yield batch
-            batch, new_longest, new_keep = [], unit.length, unit.n_keep
+            batch, new_longest, new_keep, real = [], unit.length, unit.n_keep, 0
         batch.append(unit)
         longest, keep = new_longest, new_keep
+        real += unit.length
     if batch:
         yield batch
 
