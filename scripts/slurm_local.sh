@@ -82,8 +82,8 @@ install_packages() {
 # A daemon counts as running when its pid file names a live process with the expected name.
 running() {  # name pidfile
     local pid
-    [[ -f $2 ]] || return 1
-    pid=$(<"$2")
+    # The daemon may remove its pid file between a test and a read (while it exits): read once, quietly.
+    pid=$(cat "$2" 2>/dev/null) || return 1
     [[ -n $pid && -r /proc/$pid/comm ]] || return 1
     [[ $(</proc/"$pid"/comm) == "$1"* ]] && ! grep -q '^State:.*Z' /proc/"$pid"/status
 }
