@@ -67,6 +67,15 @@ def success(model, tokenizer, prompts: list[str], new: str, true: str) -> list[b
     return [x < y for x, y in zip(a, b)]
 
 
+def rome_setup(hparams_path, layer: int | None, model_path):
+    """ROME's hyperparameters (layer overridden when given) and the model on the CPU: (hp, model, tokenizer, facts)."""
+    hp = load_hparams(hparams_path, rome.Hparams)
+    if layer is not None:
+        hp = dataclasses.replace(hp, layer=layer)
+    model, tokenizer = load_model(model_path, device="cpu")
+    return hp, model, tokenizer, facts_for(model)
+
+
 def corpus_texts(path: str | Path) -> list[str]:
     return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if len(line.split()) > 3]
 
@@ -90,11 +99,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    hp = load_hparams(args.hparams, rome.Hparams)
-    if args.layer is not None:
-        hp = dataclasses.replace(hp, layer=args.layer)
-    model, tokenizer = load_model(args.model, device="cpu")
-    facts = facts_for(model)
+    hp, model, tokenizer, facts = rome_setup(args.hparams, args.layer, args.model)
     print(f"model {args.model}  layer {hp.layer}  threads {torch.get_num_threads()}  load {os.getloadavg()}", flush=True)
 
     cov = None

@@ -46,17 +46,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_rome import corpus_texts, counterfact_requests  # noqa: E402
+from bench_rome import corpus_texts, counterfact_requests, rome_setup  # noqa: E402
 
 from editharm.evaluate.editing import edit_metrics, locality_reference, target_continuation, token_accuracy  # noqa: E402
 from editharm.evaluate.engine import score_choices  # noqa: E402
 from editharm.evaluate.tasks.base import ChoiceItem  # noqa: E402
 from editharm.io import write_json  # noqa: E402
-from editharm.methods import load_hparams, rome  # noqa: E402
+from editharm.methods import rome  # noqa: E402
 from editharm.methods.base import EditContext  # noqa: E402
 from editharm.methods.covariance import collect_second_moments  # noqa: E402
 from editharm.methods.values import context_templates, subject_keys  # noqa: E402
-from editharm.models import facts_for, load_model  # noqa: E402
 from editharm.regularize import parse_regulariser  # noqa: E402
 from editharm.updates import apply_weight_update  # noqa: E402
 
@@ -185,11 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    hp = load_hparams(args.hparams, rome.Hparams)
-    if args.layer is not None:
-        hp = dataclasses.replace(hp, layer=args.layer)
-    model, tokenizer = load_model(args.model, device="cpu")
-    facts = facts_for(model)
+    hp, model, tokenizer, facts = rome_setup(args.hparams, args.layer, args.model)
     requests = counterfact_requests(args.counterfact, args.n)
     ee_requests = as_easyedit_style(requests)
     cpu0 = time.process_time()
