@@ -35,7 +35,7 @@ from bench_rome import corpus_texts, counterfact_requests, success  # noqa: E402
 from editharm.methods import load_hparams, load_method  # noqa: E402
 from editharm.methods.base import EditContext  # noqa: E402
 from editharm.methods.covariance import collect_second_moments, load_second_moment, save_second_moment  # noqa: E402
-from editharm.models import facts_for, load_model  # noqa: E402
+from editharm.models import layout_for, load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MIRROR = ROOT.parent / "shared" / "data"   # the data mirror next to the checkout, as in config.yaml
@@ -51,9 +51,9 @@ def ensure_second_moments(args, layers: list[int]) -> None:
         print(f"second moments for layers {layers}: cached in {args.cov_dir}", flush=True)
         return
     model, tokenizer = load_model(args.model, device="cpu")
-    facts = facts_for(model)
+    layout = layout_for(model)
     t, c = time.perf_counter(), time.process_time()
-    moments = collect_second_moments(model, tokenizer, facts, missing, corpus_texts(args.corpus), args.cov_tokens)
+    moments = collect_second_moments(model, tokenizer, layout, missing, corpus_texts(args.corpus), args.cov_tokens)
     seconds, cpu = time.perf_counter() - t, time.process_time() - c
     for layer, m in moments.items():
         save_second_moment(cov_path(args.cov_dir, layer, args.cov_tokens), m,
@@ -65,13 +65,13 @@ def ensure_second_moments(args, layers: list[int]) -> None:
 def compare_second_moments(args, layers: list[int]) -> dict:
     """Time one pass for all `layers` against passes for single layers (nothing is cached)."""
     model, tokenizer = load_model(args.model, device="cpu")
-    facts = facts_for(model)
+    layout = layout_for(model)
     texts = corpus_texts(args.corpus)
     runs = []
     for group in [layers] + [[l] for l in args.cov_single or [max(layers)]]:
         load = os.getloadavg()
         t, c = time.perf_counter(), time.process_time()
-        moments = collect_second_moments(model, tokenizer, facts, group, texts, args.cov_tokens, progress=False)
+        moments = collect_second_moments(model, tokenizer, layout, group, texts, args.cov_tokens, progress=False)
         seconds, cpu = time.perf_counter() - t, time.process_time() - c
         runs.append({"layers": group, "tokens": args.cov_tokens, "wall_s": seconds, "cpu_s": cpu,
                      "load_before": load, "load_after": os.getloadavg()})
@@ -89,10 +89,10 @@ def worker(args) -> dict:
     method = load_method(args.worker)
     hp = load_hparams(Path(args.hparams_dir) / args.worker / "llama.yaml", method.Hparams)
     model, tokenizer = load_model(args.model, device="cpu")
-    facts = facts_for(model)
-    layers = method.stats_layers(hp, facts) if hasattr(method, "stats_layers") else []
+    layout = layout_for(model)
+    layers = method.stats_layers(hp, layout) if hasattr(method, "stats_layers") else []
     covs = {l: load_second_moment(cov_path(args.cov_dir, l, args.cov_tokens))[0] for l in layers}
-    context = EditContext(facts=facts, covariance=lambda layer: covs[layer], seed=0)
+    context = EditContext(layout=layout, covariance=lambda layer: covs[layer], seed=0)
     requests = counterfact_requests(args.counterfact, args.n)
     size = args.batch if method.SUPPORTS_BATCH else 1
     batches = [requests[i:i + size] for i in range(0, len(requests), size)]

@@ -34,7 +34,7 @@ from editharm.methods.base import EditContext
 from editharm.methods.covariance import collect_second_moments, load_second_moment
 from editharm.methods.values import target_ids
 from editharm.editsets import convert_file
-from editharm.models import facts_for, load_model
+from editharm.models import layout_for, load_model
 from editharm.regularize import parse_regulariser
 from editharm.updates import write_update
 from editharm.requests import EditRequest
@@ -68,12 +68,12 @@ def success(model, tokenizer, prompts: list[str], new: str, true: str) -> list[b
 
 
 def rome_setup(hparams_path, layer: int | None, model_path):
-    """ROME's hyperparameters (layer overridden when given) and the model on the CPU: (hp, model, tokenizer, facts)."""
+    """ROME's hyperparameters (layer overridden when given) and the model on the CPU: (hp, model, tokenizer, layout)."""
     hp = load_hparams(hparams_path, rome.Hparams)
     if layer is not None:
         hp = dataclasses.replace(hp, layer=layer)
     model, tokenizer = load_model(model_path, device="cpu")
-    return hp, model, tokenizer, facts_for(model)
+    return hp, model, tokenizer, layout_for(model)
 
 
 def corpus_texts(path: str | Path) -> list[str]:
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    hp, model, tokenizer, facts = rome_setup(args.hparams, args.layer, args.model)
+    hp, model, tokenizer, layout = rome_setup(args.hparams, args.layer, args.model)
     print(f"model {args.model}  layer {hp.layer}  threads {torch.get_num_threads()}  load {os.getloadavg()}", flush=True)
 
     cov = None
@@ -109,16 +109,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"second moment from {args.cov}: {meta}")
         else:
             t = time.perf_counter()
-            cov = collect_second_moments(model, tokenizer, facts, [hp.layer], corpus_texts(args.corpus), args.cov_tokens)[hp.layer]
+            cov = collect_second_moments(model, tokenizer, layout, [hp.layer], corpus_texts(args.corpus), args.cov_tokens)[hp.layer]
             print(f"second moment of layer {hp.layer} over {args.cov_tokens} tokens: {time.perf_counter() - t:.1f} s", flush=True)
-    context = EditContext(facts=facts, covariance=lambda layer: cov, seed=0)
+    context = EditContext(layout=layout, covariance=lambda layer: cov, seed=0)
 
     t = time.perf_counter()
     rome.context_templates(model, tokenizer, context, hp.context_template_length_params)
     print(f"context templates: {time.perf_counter() - t:.1f} s", flush=True)
 
     requests = counterfact_requests(args.counterfact, args.n)
-    param = model.get_parameter(facts.down_weight_name(hp.layer))
+    param = model.get_parameter(layout.down_weight_name(hp.layer))
     original = param.detach().clone()
     rows = []
     for i, req in enumerate(requests):

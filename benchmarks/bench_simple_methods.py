@@ -32,7 +32,7 @@ import torch
 from editharm.methods import load_hparams, load_method
 from editharm.methods.base import EditContext
 from editharm.methods.ft import encode_prompt_target, target_nll
-from editharm.models import facts_for, load_model
+from editharm.models import layout_for, load_model
 from editharm.requests import EditRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,7 +76,7 @@ def run_one(method_name: str, args) -> dict:
     hp = load_hparams(Path(args.hparams_dir or ROOT / "configs/methods" / method_name) / f"{args.family}.yaml", method.Hparams)
     model, tokenizer = load_model(args.model, device="cpu")
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    context = EditContext(facts=facts_for(model), covariance=lambda layer: None, seed=0)
+    context = EditContext(layout=layout_for(model), covariance=lambda layer: None, seed=0)
     requests = counterfact_requests(args.counterfact, args.n)
     # A float64 checksum per parameter, not a full copy: cloning all 135M parameters would add
     # ~540 MB to the peak RSS being measured. The edited weights are copied one update at a time.

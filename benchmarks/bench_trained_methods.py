@@ -36,7 +36,7 @@ from editharm.editsets import convert_file
 from editharm.methods import load_hparams, load_method
 from editharm.methods import mend
 from editharm.methods.base import EditContext, WeightUpdate
-from editharm.models import facts_for, load_model
+from editharm.models import layout_for, load_model
 from editharm.requests import EditRequest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def timed(fn):
 def bench_method(name: str, model, tokenizer, train_reqs, edits, work: Path, reuse: bool = False,
                  overrides: dict | None = None) -> dict:
     method = load_method(name)
-    family = facts_for(model).family
+    family = layout_for(model).family
     hp_path = ROOT / "configs" / "methods" / name / f"{family}.yaml"
     hparams = load_hparams(hp_path, method.Hparams)
     if overrides:  # a reduced setting for a slow machine (recorded in the result)
@@ -123,7 +123,7 @@ def bench_method(name: str, model, tokenizer, train_reqs, edits, work: Path, reu
                   "train_requests": len(train_reqs), "train_wall_s": train_wall,
                   "train_cpu_s": train_cpu, "train_summary": summary, "load_after_training": os.getloadavg()}
         record.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    ctx = EditContext(facts=facts_for(model), covariance=lambda layer: None, artifacts={"trained_dir": str(out_dir)})
+    ctx = EditContext(layout=layout_for(model), covariance=lambda layer: None, artifacts={"trained_dir": str(out_dir)})
 
     def score_with(update, request_subset):
         if isinstance(update, WeightUpdate):

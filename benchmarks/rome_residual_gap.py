@@ -34,18 +34,18 @@ def main(argv=None) -> None:
     from editharm.methods.base import EditContext
     from editharm.methods.covariance import load_second_moment
     from editharm.methods.values import fill, tokenize_at_subject
-    from editharm.models import facts_for, load_model
+    from editharm.models import layout_for, load_model
     from editharm.nethook import capture
     from editharm.requests import EditRequest
 
     torch.set_num_threads(1)
     model, tok = load_model(args.model, device="cpu")
-    facts = facts_for(model)
+    layout = layout_for(model)
     hp = load_hparams(args.hparams, rome.Hparams)
     cov, _ = load_second_moment(args.cov)
-    ctx = EditContext(facts=facts, covariance=lambda layer: cov, seed=0)
-    module = facts.mlp_down.format(hp.layer)
-    weight = facts.linear_weight(model.get_parameter(facts.down_weight_name(hp.layer)).detach()).double()
+    ctx = EditContext(layout=layout, covariance=lambda layer: cov, seed=0)
+    module = layout.mlp_down.format(hp.layer)
+    weight = layout.linear_weight(model.get_parameter(layout.down_weight_name(hp.layer)).detach()).double()
     bias = getattr(model.get_submodule(module), "bias", None)
     for row in convert_file("counterfact_rome", args.counterfact).rows[:args.n]:
         req = EditRequest.from_json(row)

@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    hp, model, tokenizer, facts = rome_setup(args.hparams, args.layer, args.model)
+    hp, model, tokenizer, layout = rome_setup(args.hparams, args.layer, args.model)
     requests = counterfact_requests(args.counterfact, args.n)
     ee_requests = as_easyedit_style(requests)
     cpu0 = time.process_time()
@@ -196,24 +196,24 @@ def main(argv: list[str] | None = None) -> None:
     cov = None
     if args.cov_tokens > 0:
         t = time.process_time()
-        cov = collect_second_moments(model, tokenizer, facts, [hp.layer], corpus_texts(args.corpus), args.cov_tokens,
+        cov = collect_second_moments(model, tokenizer, layout, [hp.layer], corpus_texts(args.corpus), args.cov_tokens,
                                      progress=False)[hp.layer]
         print(f"second moment of layer {hp.layer} over {args.cov_tokens} tokens: {time.process_time() - t:.1f} CPU s",
               flush=True)
     elif hp.mom2_adjustment:
         ap.error("mom2_adjustment: true needs the key statistic: --cov-tokens must be positive")
-    context = EditContext(facts=facts, covariance=lambda layer: cov, seed=0)
+    context = EditContext(layout=layout, covariance=lambda layer: cov, seed=0)
     if args.variant == "easyedit-code":
         if not args.easyedit:
             ap.error("variant easyedit-code needs --easyedit (a folder holding EasyEdit's easyeditor/ package)")
         if hp.mom2_adjustment:
             ap.error("variant easyedit-code runs EasyEdit without its covariance (mom2_adjustment: false hparams)")
         apply_easyedit, ee_cls = easyedit_rome(args.easyedit)
-        ee_hp = easyedit_hparams(ee_cls, hp, facts.n_layers)
+        ee_hp = easyedit_hparams(ee_cls, hp, layout.n_layers)
 
     groups = context_templates(model, tokenizer, context, hp.context_template_length_params)
-    k_star = subject_keys(model, tokenizer, facts, requests, [hp.layer], groups)[hp.layer]
-    k_plain = subject_keys(model, tokenizer, facts, requests, [hp.layer], [["{}"]])[hp.layer]
+    k_star = subject_keys(model, tokenizer, layout, requests, [hp.layer], groups)[hp.layer]
+    k_plain = subject_keys(model, tokenizer, layout, requests, [hp.layer], [["{}"]])[hp.layer]
     geometry = {"identity": key_geometry(k_star, k_plain, k_star)}
     if cov is not None:
         geometry["whitened"] = key_geometry(k_star, k_plain, context.solve_covariance(hp.layer, k_star.T).T)
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     base["answer_accuracy"] = answer_accuracy(model, tokenizer, requests)
     print("unedited", json.dumps(base), flush=True)
 
-    name = facts.down_weight_name(hp.layer)
+    name = layout.down_weight_name(hp.layer)
     original = model.get_parameter(name).detach().clone()
     regulariser = parse_regulariser("none")
     rows = []
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # The keys at the edited layer come from layers below it and the layer's own gate/up
     # projections, which ROME never changes: recomputed on the edited model they are the same.
-    k_after = subject_keys(model, tokenizer, facts, requests, [hp.layer], groups)[hp.layer]
+    k_after = subject_keys(model, tokenizer, layout, requests, [hp.layer], groups)[hp.layer]
     key_shift = float(((k_after - k_star).norm(dim=1) / k_star.norm(dim=1)).max())
     immediate = {k: sum(r["immediate"][k] for r in rows) / len(rows) for k in rows[0]["immediate"]}
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from editharm.methods.covariance import collect_second_moments, load_second_moment, save_second_moment
-from editharm.models import facts_for, random_model
+from editharm.models import layout_for, random_model
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -20,13 +20,13 @@ TEXTS = [
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def tiny(request):
     model, tok = random_model(request.param, seed=0, hidden=16, layers=3, heads=2)
-    return model, tok, facts_for(model)
+    return model, tok, layout_for(model)
 
 
-def _hand_moment(model, tok, facts, layer, texts, n_tokens, seq_len):
+def _hand_moment(model, tok, layout, layer, texts, n_tokens, seq_len):
     """Collect keys one chunk at a time, unbatched, and average k k^T."""
     keys = []
-    module = model.get_submodule(facts.mlp_down.format(layer))
+    module = model.get_submodule(layout.mlp_down.format(layer))
     handle = module.register_forward_hook(lambda m, a, o: keys.append(a[0][0].detach()))
     left = n_tokens
     try:
@@ -49,36 +49,36 @@ def _hand_moment(model, tok, facts, layer, texts, n_tokens, seq_len):
 
 
 def test_equals_hand_computation(tiny):
-    model, tok, facts = tiny
-    got = collect_second_moments(model, tok, facts, [1], TEXTS, n_tokens=150, seq_len=32, batch_size=3, progress=False)
-    want = _hand_moment(model, tok, facts, 1, TEXTS, 150, 32)
+    model, tok, layout = tiny
+    got = collect_second_moments(model, tok, layout, [1], TEXTS, n_tokens=150, seq_len=32, batch_size=3, progress=False)
+    want = _hand_moment(model, tok, layout, 1, TEXTS, 150, 32)
     assert got[1].dtype == torch.float32
-    assert got[1].shape == (facts.intermediate_size, facts.intermediate_size)
+    assert got[1].shape == (layout.intermediate_size, layout.intermediate_size)
     assert torch.allclose(got[1], want, atol=1e-5, rtol=1e-4)
 
 
 def test_one_pass_for_several_layers_equals_per_layer(tiny):
-    model, tok, facts = tiny
-    together = collect_second_moments(model, tok, facts, [2, 0], TEXTS, n_tokens=120, seq_len=24, progress=False)
+    model, tok, layout = tiny
+    together = collect_second_moments(model, tok, layout, [2, 0], TEXTS, n_tokens=120, seq_len=24, progress=False)
     assert sorted(together) == [0, 2]
     for layer in (0, 2):
-        alone = collect_second_moments(model, tok, facts, [layer], TEXTS, n_tokens=120, seq_len=24, progress=False)
+        alone = collect_second_moments(model, tok, layout, [layer], TEXTS, n_tokens=120, seq_len=24, progress=False)
         assert torch.allclose(together[layer], alone[layer], atol=1e-6)
 
 
 def test_deterministic_and_independent_of_batch_size(tiny):
-    model, tok, facts = tiny
-    a = collect_second_moments(model, tok, facts, [1], TEXTS, n_tokens=100, seq_len=16, batch_size=1, progress=False)
-    b = collect_second_moments(model, tok, facts, [1], TEXTS, n_tokens=100, seq_len=16, batch_size=5, progress=False)
-    c = collect_second_moments(model, tok, facts, [1], TEXTS, n_tokens=100, seq_len=16, batch_size=5, progress=False)
+    model, tok, layout = tiny
+    a = collect_second_moments(model, tok, layout, [1], TEXTS, n_tokens=100, seq_len=16, batch_size=1, progress=False)
+    b = collect_second_moments(model, tok, layout, [1], TEXTS, n_tokens=100, seq_len=16, batch_size=5, progress=False)
+    c = collect_second_moments(model, tok, layout, [1], TEXTS, n_tokens=100, seq_len=16, batch_size=5, progress=False)
     assert torch.equal(b[1], c[1])
     assert torch.allclose(a[1], b[1], atol=1e-5, rtol=1e-4)
 
 
 def test_too_small_corpus_is_an_error(tiny):
-    model, tok, facts = tiny
+    model, tok, layout = tiny
     with pytest.raises(ValueError, match="fewer than"):
-        collect_second_moments(model, tok, facts, [0], TEXTS, n_tokens=10**6, progress=False)
+        collect_second_moments(model, tok, layout, [0], TEXTS, n_tokens=10**6, progress=False)
 
 
 def test_save_and_load_round_trip(tmp_path):

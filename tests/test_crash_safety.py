@@ -17,7 +17,7 @@ import torch
 from editharm.checkpoint import load_checkpoint
 from editharm.io import read_jsonl
 from editharm.methods.base import EditContext, StateUpdate, WeightUpdate
-from editharm.models import facts_for, random_model
+from editharm.models import layout_for, random_model
 from editharm.sequential import SegmentSpec, partial_path, run_segment
 from test_sequential import _requests
 
@@ -38,7 +38,7 @@ def _weight_method():
     # The delta depends on the current weights (applying an edit twice gives other tensors)
     # and on the global torch RNG (a resumed run must draw the same numbers).
     def apply(model, tokenizer, requests, hparams, context):
-        name = context.facts.down_weight_name(1)
+        name = context.layout.down_weight_name(1)
         weight = model.get_parameter(name)
         noise = torch.randn(weight.shape) * hparams.scale
         return WeightUpdate({name: noise - 0.1 * weight}, info={"steps": 1, "loss": float(noise.abs().sum())})
@@ -63,7 +63,7 @@ def _state_method():
 def _segment(root, method, resume_every=1):
     torch.manual_seed(0)  # as edit_segment seeds each job
     model, tok = random_model("llama", seed=0, hidden=32, layers=2, heads=2)
-    ctx = EditContext(facts=facts_for(model), covariance=lambda layer: None)
+    ctx = EditContext(layout=layout_for(model), covariance=lambda layer: None)
     spec = SegmentSpec(requests=_requests(N_REQUESTS), first_index=0, regulariser="none", seed=0,
                        resume_every=resume_every)
     out = root / "n5"
@@ -169,7 +169,7 @@ def test_partial_from_other_inputs_is_discarded(tmp_path, monkeypatch, one_torch
     spec = SegmentSpec(requests=_requests(N_REQUESTS), first_index=0, regulariser="none", seed=0, resume_every=1,
                        fingerprint_parts={"method_code": "changed"})
     out = tmp_path / "n5"
-    run_segment(model, tok, method, _Hparams(), EditContext(facts=facts_for(model), covariance=lambda layer: None), spec,
+    run_segment(model, tok, method, _Hparams(), EditContext(layout=layout_for(model), covariance=lambda layer: None), spec,
                 {}, out / "checkpoint.safetensors", out / "checkpoint.json", out / "edit_log.jsonl")
     assert calls == [str(i) for i in range(N_REQUESTS)], "a stale partial save must not be resumed"
 

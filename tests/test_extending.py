@@ -31,7 +31,7 @@ class Hparams:
 
 
 def apply(model, tokenizer, requests, hparams, context):
-    name = context.facts.down_weight_name(hparams.layer)
+    name = context.layout.down_weight_name(hparams.layer)
     delta = torch.zeros_like(model.get_parameter(name))
     delta[0, 0] = hparams.scale
     return WeightUpdate({name: delta})

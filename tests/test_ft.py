@@ -5,7 +5,7 @@ import torch
 
 from editharm.methods import ft
 from editharm.methods.base import EditContext
-from editharm.models import facts_for, random_model
+from editharm.models import layout_for, random_model
 from editharm.requests import EditRequest
 
 REQUESTS = [
@@ -16,7 +16,7 @@ REQUESTS = [
 
 def _tiny(family):
     model, tok = random_model(family, seed=0, hidden=32, layers=2, heads=2)
-    return model, tok, EditContext(facts=facts_for(model), covariance=lambda layer: None)
+    return model, tok, EditContext(layout=layout_for(model), covariance=lambda layer: None)
 
 
 @torch.no_grad()
@@ -34,7 +34,7 @@ def test_ft_update_respects_linf_bound_and_leaves_model_unchanged(family):
     hp = ft.Hparams(layers=[1], num_steps=5, lr=0.1, norm_constraint=eps, early_stop_loss=0.0)
     update = ft.apply(model, tok, REQUESTS, hp, ctx)
 
-    name = ctx.facts.down_weight_name(1)
+    name = ctx.layout.down_weight_name(1)
     assert set(update.deltas) == {name}
     delta = update.deltas[name]
     assert delta.shape == model.get_parameter(name).shape

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from editharm.methods.values import ValueProblem
-from editharm.models import ModelIntegrityError, facts_for, fetch_model, known_layer_count, part_specs, random_model
+from editharm.models import ModelIntegrityError, layout_for, fetch_model, known_layer_count, part_specs, random_model
 from editharm.nethook import capture
 from editharm.requests import EditRequest
 
@@ -24,21 +24,21 @@ REQUEST = EditRequest("1", "Danielle Darrieux", "The mother tongue of {} is", "E
 @pytest.fixture(scope="module")
 def tiny():
     model, tok = random_model("gemma3", seed=0, hidden=32, layers=3, heads=4)
-    return model, tok, facts_for(model)
+    return model, tok, layout_for(model)
 
 
 def test_layout_names_real_modules_tied_and_scaled_embeddings(tiny):
-    model, tok, facts = tiny
-    assert (facts.family, facts.n_layers, facts.hidden_size, facts.intermediate_size) == ("gemma3", 3, 32, 128)
-    for template in (facts.layer, facts.mlp, facts.mlp_down, facts.mlp_up, facts.attn_out, facts.post_mlp_norm):
+    model, tok, layout = tiny
+    assert (layout.family, layout.n_layers, layout.hidden_size, layout.intermediate_size) == ("gemma3", 3, 32, 128)
+    for template in (layout.layer, layout.mlp, layout.mlp_down, layout.mlp_up, layout.attn_out, layout.post_mlp_norm):
         model.get_submodule(template.format(2))
-    embed = model.get_submodule(facts.embed)
+    embed = model.get_submodule(layout.embed)
     # Tied: the output head is the embedding matrix; the input lookup is that row times sqrt(hidden).
-    assert model.get_submodule(facts.lm_head).weight is embed.weight
+    assert model.get_submodule(layout.lm_head).weight is embed.weight
     ids = torch.tensor([[5, 70, 200]])
     assert torch.allclose(embed(ids), embed.weight[ids] * math.sqrt(32), rtol=1e-6)
     # q/k norms and both attention types are present.
-    attn = model.get_submodule(facts.layer.format(0)).self_attn
+    attn = model.get_submodule(layout.layer.format(0)).self_attn
     assert hasattr(attn, "q_norm") and hasattr(attn, "k_norm")
     assert set(model.config.layer_types) == {"sliding_attention", "full_attention"}
 
@@ -46,10 +46,10 @@ def test_layout_names_real_modules_tied_and_scaled_embeddings(tiny):
 def test_value_site_is_down_proj_output_before_the_post_norm(tiny):
     """What the editors write (mlp_down's output) is what the post-feed-forward norm reads, and the norm
     changes it: adding a delta there is not adding it to the layer's output."""
-    model, tok, facts = tiny
+    model, tok, layout = tiny
     layer = 1
-    problem = ValueProblem(model, tok, facts, [REQUEST], layer, ["{}"], sites=("mlp",))
-    down, norm = facts.mlp_down.format(layer), facts.post_mlp_norm.format(layer)
+    problem = ValueProblem(model, tok, layout, [REQUEST], layer, ["{}"], sites=("mlp",))
+    down, norm = layout.mlp_down.format(layer), layout.post_mlp_norm.format(layer)
     ids = torch.tensor([problem.rows[0].ids])
     with capture(model, [down, norm], inputs=True, outputs=True) as rec, torch.no_grad():
         model(input_ids=ids)

@@ -8,7 +8,7 @@ import torch
 from editharm.methods import grace
 from editharm.methods.base import EditContext
 from editharm.methods.ft import encode_prompt_target
-from editharm.models import facts_for, random_model
+from editharm.models import layout_for, random_model
 from editharm.requests import EditRequest
 
 EDIT = EditRequest(case_id="0", subject="Paris", prompt="{} is the capital of", target_new="Z", target_true="F")
@@ -30,7 +30,7 @@ def _word_tokenizer():
 
 def _tiny(family):
     model, _ = random_model(family, seed=0, hidden=32, layers=2, heads=2)  # 257 ids; the words use the first few
-    return model, _word_tokenizer(), EditContext(facts=facts_for(model), covariance=lambda layer: None)
+    return model, _word_tokenizer(), EditContext(layout=layout_for(model), covariance=lambda layer: None)
 
 
 # The tiny random models' down-projection inputs have norms near 0.1 (SmolLM2's: 10-30),

@@ -6,7 +6,7 @@ import torch
 from editharm.methods import kn
 from editharm.methods.base import EditContext
 from editharm.methods.ft import split_prompt_target
-from editharm.models import facts_for, random_model
+from editharm.models import layout_for, random_model
 from editharm.requests import EditRequest
 
 REQUEST = EditRequest(case_id="0", subject="Paris", prompt="{} is the capital of", target_new="Rome",
@@ -16,22 +16,22 @@ LAYER, NEURON = 1, 7
 
 def _tiny(family):
     model, tok = random_model(family, seed=0, hidden=32, layers=2, heads=2)
-    return model, tok, EditContext(facts=facts_for(model), covariance=lambda layer: None)
+    return model, tok, EditContext(layout=layout_for(model), covariance=lambda layer: None)
 
 
 @torch.no_grad()
-def _plant_neuron(model, tok, facts, prompt, token):
+def _plant_neuron(model, tok, layout, prompt, token):
     """Make neuron NEURON of layer LAYER fire on the prompt's last token and write `token`'s unembedding."""
     mlp_in = {}
-    hook = model.get_submodule(facts.mlp_up.format(LAYER)).register_forward_pre_hook(
+    hook = model.get_submodule(layout.mlp_up.format(LAYER)).register_forward_pre_hook(
         lambda mod, args: mlp_in.__setitem__("x", args[0][0, -1].clone()))
     model(input_ids=torch.tensor([tok(prompt)["input_ids"]]))
     hook.remove()
     x = mlp_in["x"] / mlp_in["x"].norm()
     direction = model.get_output_embeddings().weight[token] / model.get_output_embeddings().weight[token].norm()
-    up = model.get_submodule(facts.mlp_up.format(LAYER))
-    down = model.get_submodule(facts.mlp_down.format(LAYER))
-    if facts.family in ("llama", "gemma3"):              # gated MLPs
+    up = model.get_submodule(layout.mlp_up.format(LAYER))
+    down = model.get_submodule(layout.mlp_down.format(LAYER))
+    if layout.family in ("llama", "gemma3"):              # gated MLPs
         model.get_submodule(f"model.layers.{LAYER}.mlp.gate_proj").weight[NEURON] = 3.0 * x
         up.weight[NEURON] = 3.0 * x                       # activation silu(3|x|)*3|x|, about 9 * |x|
         down.weight[:, NEURON] = 2.0 * direction
@@ -52,9 +52,9 @@ def test_planted_neuron_has_the_top_attribution(family):
     model, tok, ctx = _tiny(family)
     prompt = REQUEST.filled_prompt
     prompt_ids, answer_ids = split_prompt_target(tok, prompt, REQUEST.target_true)
-    _plant_neuron(model, tok, ctx.facts, prompt, answer_ids[0])
-    scores = kn.attribution_scores(model, tok, prompt, answer_ids[:1], prompt_ids, ctx.facts, [0, 1], steps=8, batch_size=5)
-    assert scores.shape == (2, ctx.facts.intermediate_size)
+    _plant_neuron(model, tok, ctx.layout, prompt, answer_ids[0])
+    scores = kn.attribution_scores(model, tok, prompt, answer_ids[:1], prompt_ids, ctx.layout, [0, 1], steps=8, batch_size=5)
+    assert scores.shape == (2, ctx.layout.intermediate_size)
     assert divmod(int(scores.argmax()), scores.shape[1]) == (LAYER, NEURON)
     assert kn.coarse_neurons(scores, [0, 1], 0.9) == [(LAYER, NEURON)]
 
@@ -64,9 +64,9 @@ def test_integrated_gradients_match_full_recomputation():
     model, tok, ctx = _tiny("llama")
     ids = torch.tensor([tok(REQUEST.filled_prompt)["input_ids"]])
     target, layer, steps = 70, 1, 4
-    fast = kn._integrated_gradients(model, ctx.facts, [layer], ids, target, steps, batch_size=3)[0]
+    fast = kn._integrated_gradients(model, ctx.layout, [layer], ids, target, steps, batch_size=3)[0]
     acts = {}
-    down = model.get_submodule(ctx.facts.mlp_down.format(layer))
+    down = model.get_submodule(ctx.layout.mlp_down.format(layer))
     hook = down.register_forward_pre_hook(lambda mod, args: acts.__setitem__("w", args[0][0, -1].detach().clone()))
     with torch.no_grad():
         model(input_ids=ids)
@@ -92,23 +92,23 @@ def test_edit_changes_only_the_selected_neurons(family):
 
     neurons = {tuple(n) for n in update.info["neurons"]}
     assert neurons, "no knowledge neurons were selected"
-    assert set(update.deltas) == {ctx.facts.down_weight_name(layer) for layer, _ in neurons}
+    assert set(update.deltas) == {ctx.layout.down_weight_name(layer) for layer, _ in neurons}
     emb = model.get_input_embeddings().weight
     prompt_ids, new_ids = split_prompt_target(tok, REQUEST.filled_prompt, REQUEST.target_new)
     greedy = kn.greedy_continuation(model, prompt_ids, len(new_ids))
     direction = -1.0 * emb[greedy].sum(0) + 8.0 * emb[new_ids].sum(0)
     for layer in {layer for layer, _ in neurons}:
-        name = ctx.facts.down_weight_name(layer)
-        delta = ctx.facts.linear_weight(update.deltas[name])                       # [out, in]
+        name = ctx.layout.down_weight_name(layer)
+        delta = ctx.layout.linear_weight(update.deltas[name])                       # [out, in]
         chosen = sorted(i for lj, i in neurons if lj == layer)
         changed = torch.nonzero(delta.abs().sum(0)).flatten().tolist()
         assert changed == chosen
         torch.testing.assert_close(delta[:, chosen], direction[:, None].expand(-1, len(chosen)))
         # adding the update changes those columns and leaves every other element bit-identical
         weight = model.get_parameter(name).detach()
-        edited = ctx.facts.linear_weight(weight + update.deltas[name])
+        edited = ctx.layout.linear_weight(weight + update.deltas[name])
         untouched = [i for i in range(delta.shape[1]) if i not in chosen]
-        assert torch.equal(edited[:, untouched], ctx.facts.linear_weight(weight)[:, untouched])
+        assert torch.equal(edited[:, untouched], ctx.layout.linear_weight(weight)[:, untouched])
 
 
 def test_refinement_and_scaling():
@@ -144,7 +144,7 @@ def test_old_answer_is_the_models_greedy_prediction_not_target_true():
     emb = model.get_input_embeddings().weight
     direction = -emb[greedy].sum(0) + emb[new_ids].sum(0)            # EasyEdit: `-= oe` / `+= te` per row
     (layer, neuron), *_ = update.info["neurons"]
-    delta = ctx.facts.linear_weight(update.deltas[ctx.facts.down_weight_name(layer)])
+    delta = ctx.layout.linear_weight(update.deltas[ctx.layout.down_weight_name(layer)])
     torch.testing.assert_close(delta[:, neuron], direction)
     assert update.info["old_answer_ids"] == greedy
 

@@ -12,7 +12,7 @@ from editharm.methods import load_hparams, load_method
 from editharm.methods import memit, pmet
 from editharm.methods.base import EditContext, WeightUpdate
 from editharm.methods.covariance import collect_second_moments, solve_second_moment
-from editharm.models import facts_for, random_model
+from editharm.models import layout_for, random_model
 from editharm.requests import EditRequest
 
 ROOT = Path(__file__).resolve().parents[1] / "configs" / "methods"
@@ -31,9 +31,9 @@ CORPUS = [
 @pytest.fixture(scope="module", params=["llama", "gpt2", "gpt_neox", "gemma3"])
 def tiny(request):
     model, tok = random_model(request.param, seed=0, hidden=32, layers=3, heads=4)
-    facts = facts_for(model)
-    cov = collect_second_moments(model, tok, facts, [0, 1], CORPUS, n_tokens=1500, seq_len=64, progress=False)
-    return model, tok, facts, cov
+    layout = layout_for(model)
+    cov = collect_second_moments(model, tok, layout, [0, 1], CORPUS, n_tokens=1500, seq_len=64, progress=False)
+    return model, tok, layout, cov
 
 
 def _memit_hp(**kw):
@@ -62,38 +62,38 @@ def _check_normal_equations(edit, cov, weight):
 
 
 def test_memit_update_solves_normal_equations(tiny):
-    model, tok, facts, cov = tiny
-    ctx = EditContext(facts=facts, covariance=lambda layer: cov[layer], seed=0)
+    model, tok, layout, cov = tiny
+    ctx = EditContext(layout=layout, covariance=lambda layer: cov[layer], seed=0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     edit = memit.compute_memit(model, tok, REQUESTS, _memit_hp(), ctx)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
-    assert sorted(edit.deltas) == sorted(facts.down_weight_name(l) for l in (0, 1))
+    assert sorted(edit.deltas) == sorted(layout.down_weight_name(l) for l in (0, 1))
     _check_normal_equations(edit, cov, 100.0)
     # The residual is spread over the layers left: at the first layer it is (z - h^L) / 2 on the unedited model.
-    h = memit.plain_outputs(model, tok, facts, REQUESTS, facts.layer.format(1))
+    h = memit.plain_outputs(model, tok, layout, REQUESTS, layout.layer.format(1))
     want = (edit.targets - h) / 2
-    if facts.post_mlp_norm:
+    if layout.post_mlp_norm:
         # Gemma: the residual-stream change is solved for as the down_proj output change the norm turns into it.
-        want = memit.mlp_output_residuals(model, tok, facts, REQUESTS, 0, want)
+        want = memit.mlp_output_residuals(model, tok, layout, REQUESTS, 0, want)
     assert torch.allclose(edit.layers[0].residuals, want, atol=1e-6)
 
 
 def test_memit_update_moves_the_last_layer_toward_its_targets(tiny):
-    model, tok, facts, cov = tiny
-    ctx = EditContext(facts=facts, covariance=lambda layer: cov[layer], seed=0)
+    model, tok, layout, cov = tiny
+    ctx = EditContext(layout=layout, covariance=lambda layer: cov[layer], seed=0)
     edit = memit.compute_memit(model, tok, REQUESTS, _memit_hp(mom2_update_weight=1e-3), ctx)
-    z_module = facts.layer.format(1)
-    before = (edit.targets - memit.plain_outputs(model, tok, facts, REQUESTS, z_module)).norm()
-    with memit.temporary_updates(model, facts) as add:
+    z_module = layout.layer.format(1)
+    before = (edit.targets - memit.plain_outputs(model, tok, layout, REQUESTS, z_module)).norm()
+    with memit.temporary_updates(model, layout) as add:
         for name, d in edit.deltas.items():
             add(name, d)
-        after = (edit.targets - memit.plain_outputs(model, tok, facts, REQUESTS, z_module)).norm()
+        after = (edit.targets - memit.plain_outputs(model, tok, layout, REQUESTS, z_module)).norm()
     assert after < 0.5 * before
 
 
 def test_memit_apply_interface(tiny):
-    model, tok, facts, cov = tiny
-    ctx = EditContext(facts=facts, covariance=lambda layer: cov[layer], seed=0)
+    model, tok, layout, cov = tiny
+    ctx = EditContext(layout=layout, covariance=lambda layer: cov[layer], seed=0)
     upd = memit.apply(model, tok, REQUESTS, _memit_hp(), ctx)
     assert isinstance(upd, WeightUpdate)
     for name, d in upd.deltas.items():
@@ -103,14 +103,14 @@ def test_memit_apply_interface(tiny):
 
 
 def test_pmet_optimises_attention_and_mlp_and_updates_mlp_only(tiny):
-    model, tok, facts, cov = tiny
-    ctx = EditContext(facts=facts, covariance=lambda layer: cov[layer], seed=0)
+    model, tok, layout, cov = tiny
+    ctx = EditContext(layout=layout, covariance=lambda layer: cov[layer], seed=0)
     edit = pmet.compute_pmet(model, tok, REQUESTS, _pmet_hp(), ctx)
-    assert sorted(edit.deltas) == sorted(facts.down_weight_name(l) for l in (0, 1))
+    assert sorted(edit.deltas) == sorted(layout.down_weight_name(l) for l in (0, 1))
     assert edit.info["delta_norm_attn"] > 0 and edit.info["delta_norm_mlp"] > 0
     _check_normal_equations(edit, cov, 100.0)
     # PMET's target is the MLP output at the last layer, spread with a square root.
-    m = memit.plain_outputs(model, tok, facts, REQUESTS, facts.mlp_down.format(1))
+    m = memit.plain_outputs(model, tok, layout, REQUESTS, layout.mlp_down.format(1))
     assert torch.allclose(edit.layers[0].residuals, (edit.targets - m) / math.sqrt(2), atol=1e-6)
 
 

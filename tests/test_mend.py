@@ -39,7 +39,7 @@ def hparams(params, **kw) -> mend.Hparams:
 
 
 def context(trained_dir) -> EditContext:
-    return EditContext(facts=None, covariance=lambda layer: None, artifacts={"trained_dir": str(trained_dir)})
+    return EditContext(layout=None, covariance=lambda layer: None, artifacts={"trained_dir": str(trained_dir)})
 
 
 def target_nll(model, tokenizer, request: EditRequest, deltas=None) -> float:
@@ -165,6 +165,6 @@ def test_layers_out_of_range_are_rejected():
 
 def test_missing_trained_dir_is_a_clear_error():
     model, tok = random_model("llama", seed=0, hidden=32, layers=2, heads=2)
-    ctx = EditContext(facts=None, covariance=lambda layer: None)
+    ctx = EditContext(layout=None, covariance=lambda layer: None)
     with pytest.raises(ValueError, match="trained_dir"):
         mend.apply(model, tok, requests()[:1], hparams(LLAMA_PARAMS), ctx)

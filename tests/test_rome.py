@@ -14,7 +14,7 @@ from editharm.methods.base import EditContext, WeightUpdate
 from editharm.methods.covariance import collect_second_moments
 from editharm.methods.values import fill, tokenize_at_subject
 from editharm.nethook import capture
-from editharm.models import facts_for, random_model
+from editharm.models import layout_for, random_model
 from editharm.requests import EditRequest
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "methods" / "rome"
@@ -36,15 +36,15 @@ def _hparams(layer: int, mom2: bool) -> rome.Hparams:
 @pytest.fixture(scope="module", params=["llama", "gpt2", "gpt_neox", "gemma3"])
 def tiny(request):
     model, tok = random_model(request.param, seed=0, hidden=32, layers=3, heads=4)
-    facts = facts_for(model)
-    cov = collect_second_moments(model, tok, facts, [1], CORPUS, n_tokens=1500, seq_len=64, progress=False)
-    return model, tok, facts, cov
+    layout = layout_for(model)
+    cov = collect_second_moments(model, tok, layout, [1], CORPUS, n_tokens=1500, seq_len=64, progress=False)
+    return model, tok, layout, cov
 
 
-def _layer_output(model, facts, layer, key, delta=None):
+def _layer_output(model, layout, layer, key, delta=None):
     """What the mlp_down projection outputs for `key`, optionally with `delta` ([out, in]) added."""
-    module = model.get_submodule(facts.mlp_down.format(layer))
-    weight = facts.linear_weight(module.weight.detach()).double()
+    module = model.get_submodule(layout.mlp_down.format(layer))
+    weight = layout.linear_weight(module.weight.detach()).double()
     if delta is not None:
         weight = weight + delta.double()
     out = weight @ key.double()
@@ -53,11 +53,11 @@ def _layer_output(model, facts, layer, key, delta=None):
     return out
 
 
-def _mlp_at_subject(model, tok, facts, layer, template, request):
+def _mlp_at_subject(model, tok, layout, layer, template, request):
     """(input, output) of mlp_down at the subject's last token of `template` filled with the request, by a full pass."""
     text, a, b = fill(template, request.prompt, request.subject)
     ids, pos = tokenize_at_subject(tok, text, a, b)
-    name = facts.mlp_down.format(layer)
+    name = layout.mlp_down.format(layer)
     with capture(model, [name], inputs=True, outputs=True) as rec, torch.no_grad():
         model(input_ids=torch.tensor([ids]))
     return rec[name].input[0, pos].double(), rec[name].output[0, pos].double()
@@ -65,17 +65,17 @@ def _mlp_at_subject(model, tok, facts, layer, template, request):
 
 @pytest.mark.parametrize("mom2", [False, True])
 def test_edited_layer_maps_the_plain_key_to_value_with_rank_one_update(tiny, mom2):
-    model, tok, facts, cov = tiny
-    ctx = EditContext(facts=facts, covariance=lambda layer: cov[layer], seed=0)
+    model, tok, layout, cov = tiny
+    ctx = EditContext(layout=layout, covariance=lambda layer: cov[layer], seed=0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     edit = rome.compute_rome(model, tok, REQUEST, _hparams(1, mom2), ctx)
     assert len(ctx.state["context_templates"][1]) > 0  # templates really in use
     # apply() must leave the model as it found it.
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
-    delta_v = (edit.value.double() - _layer_output(model, facts, 1, edit.plain_key)).norm()
+    delta_v = (edit.value.double() - _layer_output(model, layout, 1, edit.plain_key)).norm()
     assert delta_v > 0
     # (W + dW) k0 + b = v* at the plain prompt's own key, to float tolerance of the optimised delta.
-    mapped = _layer_output(model, facts, 1, edit.plain_key, edit.delta)
+    mapped = _layer_output(model, layout, 1, edit.plain_key, edit.delta)
     assert (mapped - edit.value.double()).norm() / delta_v < 1e-4
     # The template-averaged key is a different vector, and it is not what gets v*.
     assert (edit.key - edit.plain_key).norm() > 1e-3 * edit.key.norm()
@@ -84,7 +84,7 @@ def test_edited_layer_maps_the_plain_key_to_value_with_rank_one_update(tiny, mom
     # dW's row space is u = C^-1 k* (k* itself without C): minimum change in the metric C.
     key = edit.key.double()
     u = torch.linalg.solve(cov[1].double(), key) if mom2 else key
-    residual = edit.value.double() - _layer_output(model, facts, 1, edit.plain_key)
+    residual = edit.value.double() - _layer_output(model, layout, 1, edit.plain_key)
     direction = edit.delta.double().T @ residual
     cos = direction @ u / (direction.norm() * u.norm())
     assert cos > 1 - 1e-6
@@ -95,25 +95,25 @@ def test_update_equals_the_reference_formula(tiny, mom2):
     """kmeng01/rome, written out with full forward passes: u = C^-1 k* / |C^-1 k*| with k* the mean key
     over the context templates (compute_u); right = (v* - cur_output) / (cur_input . u) at the plain
     prompt (the end of compute_v); dW = right u^T in [out, in]."""
-    model, tok, facts, cov = tiny
-    ctx = EditContext(facts=facts, covariance=lambda layer: cov[layer], seed=0)
+    model, tok, layout, cov = tiny
+    ctx = EditContext(layout=layout, covariance=lambda layer: cov[layer], seed=0)
     edit = rome.compute_rome(model, tok, REQUEST, _hparams(1, mom2), ctx)
     templates = [t for group in ctx.state["context_templates"] for t in group]
-    k_star = torch.stack([_mlp_at_subject(model, tok, facts, 1, t, REQUEST)[0] for t in templates]).mean(0)
+    k_star = torch.stack([_mlp_at_subject(model, tok, layout, 1, t, REQUEST)[0] for t in templates]).mean(0)
     u = torch.linalg.solve(cov[1].double(), k_star) if mom2 else k_star
     u = u / u.norm()
-    cur_input, cur_output = _mlp_at_subject(model, tok, facts, 1, "{}", REQUEST)
+    cur_input, cur_output = _mlp_at_subject(model, tok, layout, 1, "{}", REQUEST)
     right = (edit.value.double() - cur_output) / (cur_input @ u)
     want = torch.outer(right, u)
     assert torch.allclose(edit.delta.double(), want, rtol=1e-4, atol=1e-6 * want.abs().max())
 
 
 def test_apply_returns_update_in_storage_layout(tiny):
-    model, tok, facts, cov = tiny
-    ctx = EditContext(facts=facts, covariance=lambda layer: cov[layer], seed=0)
+    model, tok, layout, cov = tiny
+    ctx = EditContext(layout=layout, covariance=lambda layer: cov[layer], seed=0)
     upd = rome.apply(model, tok, [REQUEST], _hparams(1, True), ctx)
     assert isinstance(upd, WeightUpdate)
-    name = facts.down_weight_name(1)
+    name = layout.down_weight_name(1)
     assert list(upd.deltas) == [name]
     param = model.get_parameter(name)
     assert upd.deltas[name].shape == param.shape and upd.deltas[name].dtype == torch.float32
@@ -130,19 +130,19 @@ def test_edited_model_outputs_the_value_at_the_subject(tiny):
     """With the default context templates: once the update is added to the parameter (in its
     storage layout), a full forward pass of the plain prompt must produce v* as the MLP output
     at the subject's last token."""
-    model, tok, facts, cov = tiny
+    model, tok, layout, cov = tiny
     hp = _hparams(1, True)
-    ctx = EditContext(facts=facts, covariance=lambda layer: cov[layer], seed=0)
+    ctx = EditContext(layout=layout, covariance=lambda layer: cov[layer], seed=0)
     edit = rome.compute_rome(model, tok, REQUEST, hp, ctx)
     upd = rome.apply(model, tok, [REQUEST], hp, ctx)
-    _, unedited = _mlp_at_subject(model, tok, facts, 1, "{}", REQUEST)
-    name = facts.down_weight_name(1)
+    _, unedited = _mlp_at_subject(model, tok, layout, 1, "{}", REQUEST)
+    name = layout.down_weight_name(1)
     param = model.get_parameter(name)
     original = param.detach().clone()
     with torch.no_grad():
         param += upd.deltas[name]
     try:
-        _, out = _mlp_at_subject(model, tok, facts, 1, "{}", REQUEST)
+        _, out = _mlp_at_subject(model, tok, layout, 1, "{}", REQUEST)
     finally:
         with torch.no_grad():
             param.copy_(original)
@@ -152,7 +152,7 @@ def test_edited_model_outputs_the_value_at_the_subject(tiny):
 def test_one_factorisation_of_the_statistic_for_many_edits(tiny, monkeypatch):
     """The statistic comes back as a new tensor on every call, as `.to(device)` or `.to(dtype)` gives
     on a GPU; C must still be factored once for all edits at its layer."""
-    model, tok, facts, cov = tiny
+    model, tok, layout, cov = tiny
     calls = {"lu": 0, "load": 0}
     lu_factor_ex = torch.linalg.lu_factor_ex
 
@@ -167,7 +167,7 @@ def test_one_factorisation_of_the_statistic_for_many_edits(tiny, monkeypatch):
     monkeypatch.setattr(torch.linalg, "lu_factor_ex", counting)
     hp = rome.Hparams(layer=1, v_num_grad_steps=2, v_lr=0.5, v_weight_decay=0.5, clamp_norm_factor=4.0,
                       kl_factor=0.0625, mom2_adjustment=True, context_template_length_params=[[4, 5]])
-    ctx = EditContext(facts=facts, covariance=load, seed=0)
+    ctx = EditContext(layout=layout, covariance=load, seed=0)
     for _ in range(3):
         rome.apply(model, tok, [REQUEST], hp, ctx)
     assert calls["lu"] == 1 and ctx.solver.factorisations == 1

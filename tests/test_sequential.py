@@ -9,7 +9,7 @@ import torch
 
 from editharm.checkpoint import NonFiniteWeightsError, load_checkpoint, write_tensors
 from editharm.methods.base import EditContext, WeightUpdate
-from editharm.models import facts_for, random_model
+from editharm.models import layout_for, random_model
 from editharm.requests import EditRequest
 from editharm.sequential import SegmentSpec, run_segment
 
@@ -24,8 +24,8 @@ def _fake_method(calls, fail_at=None, value=None):
         calls.append(requests[0].case_id)
         if fail_at is not None and len(calls) == fail_at:
             raise KeyboardInterrupt("simulated interruption")
-        facts = context.facts
-        name = facts.down_weight_name(1)
+        layout = context.layout
+        name = layout.down_weight_name(1)
         shape = model.get_parameter(name).shape
         gen = torch.Generator().manual_seed(len(calls))
         delta = torch.randn(shape, generator=gen) * hparams.scale if value is None else torch.full(shape, value)
@@ -41,7 +41,7 @@ def _requests(k):
 
 def _run(tmp_path, method, k=4, resume_every=25, reg="none"):
     model, tok = random_model("llama", seed=0, hidden=32, layers=2, heads=2)
-    ctx = EditContext(facts=facts_for(model), covariance=lambda layer: None)
+    ctx = EditContext(layout=layout_for(model), covariance=lambda layer: None)
     spec = SegmentSpec(requests=_requests(k), first_index=0, regulariser=reg, seed=0, resume_every=resume_every)
     out = tmp_path / "n4"
     run_segment(model, tok, method, _Hparams(), ctx, spec, {}, out / "checkpoint.safetensors", out / "checkpoint.json",

@@ -42,7 +42,7 @@ def edited(tmp_path_factory, request):
     model, tok = random_model(request.param, seed=0, hidden=32, layers=2, heads=2)
     out = tmp_path_factory.mktemp("serac")
     summary = serac.train(model, tok, requests(), HP, out, seed=0)
-    ctx = EditContext(facts=None, covariance=lambda layer: None, artifacts={"trained_dir": str(out)})
+    ctx = EditContext(layout=None, covariance=lambda layer: None, artifacts={"trained_dir": str(out)})
     before = {k: v.clone() for k, v in model.state_dict().items()}
     update = serac.apply(model, tok, requests()[:1], HP, ctx)
     ctx.state = update.state
@@ -165,7 +165,7 @@ def test_generation_with_cache_follows_the_route(edited):
 
 def test_empty_memory_is_the_base_model(edited):
     model, tok, _, _, out, _ = edited
-    ctx = EditContext(facts=None, covariance=lambda layer: None, artifacts={"trained_dir": str(out)})
+    ctx = EditContext(layout=None, covariance=lambda layer: None, artifacts={"trained_dir": str(out)})
     bare = serac.attach(model, tok, {}, HP, ctx)
     _, ids, mask, pos = left_padded(tok, [requests()[0].paraphrases[0]])
     with torch.no_grad():

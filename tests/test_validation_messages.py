@@ -142,7 +142,7 @@ def test_config_validation_reports_a_bad_hyperparameter_file(tmp_path):
 
 def _diverging_method(loss):
     def apply(model, tokenizer, requests, hparams, context):
-        name = context.facts.down_weight_name(1)
+        name = context.layout.down_weight_name(1)
         return WeightUpdate({name: torch.zeros_like(model.get_parameter(name))}, info={"steps": 0, "loss": loss})
 
     return types.SimpleNamespace(NAME="diverging", SUPPORTS_BATCH=False, EDITS_WEIGHTS=True, apply=apply)
@@ -151,13 +151,13 @@ def _diverging_method(loss):
 @pytest.mark.parametrize("loss", [float("nan"), float("inf"), [1.0, float("nan")], torch.tensor(float("nan"))],
                          ids=["nan", "inf", "nested", "tensor"])
 def test_non_finite_loss_stops_the_segment_and_saves_nothing(tmp_path, loss):
-    from editharm.models import facts_for, random_model
+    from editharm.models import layout_for, random_model
 
     model, tok = random_model("llama", seed=0, hidden=32, layers=2, heads=2)
     spec = SegmentSpec(requests=_requests(2), first_index=0, regulariser="none", seed=0)
     out = tmp_path / "n2"
     with pytest.raises(DivergedEditError, match=r"edit 0 \(request 0\) by method diverging: .*loss.* not a finite number"):
-        run_segment(model, tok, _diverging_method(loss), None, EditContext(facts=facts_for(model), covariance=None), spec,
+        run_segment(model, tok, _diverging_method(loss), None, EditContext(layout=layout_for(model), covariance=None), spec,
                     {}, out / "checkpoint.safetensors", out / "checkpoint.json", out / "edit_log.jsonl")
     assert not out.exists()
 

@@ -17,7 +17,7 @@ from editharm.methods.values import (
     target_ids,
     tokenize_at_subject,
 )
-from editharm.models import facts_for, random_model
+from editharm.models import layout_for, random_model
 from editharm.requests import EditRequest
 
 TEMPLATES = ["{}", "A note. {}", "Some longer text comes first here. {}"]
@@ -30,7 +30,7 @@ REQUESTS = [
 @pytest.fixture(scope="module", params=["llama", "gpt2", "gpt_neox", "gemma3"])
 def tiny(request):
     model, tok = random_model(request.param, seed=0, hidden=32, layers=3, heads=4)
-    return model, tok, facts_for(model)
+    return model, tok, layout_for(model)
 
 
 def test_fill_marks_the_subject():
@@ -57,11 +57,11 @@ def test_target_ids_follow_the_prompt(tiny):
 @pytest.mark.parametrize("sites", [("mlp",), ("residual",), ("attn", "mlp")])
 @pytest.mark.parametrize("layer", [0, 2])
 def test_fast_path_equals_naive_path(tiny, sites, layer):
-    model, tok, facts = tiny
-    problem = ValueProblem(model, tok, facts, REQUESTS, layer, TEMPLATES, sites=sites)
+    model, tok, layout = tiny
+    problem = ValueProblem(model, tok, layout, REQUESTS, layer, TEMPLATES, sites=sites)
     assert problem.fast
     gen = torch.Generator().manual_seed(1)
-    deltas = {s: (3 * torch.randn(len(REQUESTS), facts.hidden_size, generator=gen)).requires_grad_(True) for s in sites}
+    deltas = {s: (3 * torch.randn(len(REQUESTS), layout.hidden_size, generator=gen)).requires_grad_(True) for s in sites}
     fast = problem.losses(deltas)
     naive = problem.losses(deltas, naive=True)
     assert torch.allclose(fast.nll, naive.nll, atol=1e-5, rtol=0)
@@ -74,64 +74,64 @@ def test_fast_path_equals_naive_path(tiny, sites, layer):
 
 
 def test_zero_delta_has_zero_kl(tiny):
-    model, tok, facts = tiny
-    problem = ValueProblem(model, tok, facts, REQUESTS, 1, TEMPLATES)
-    terms = problem.losses({"mlp": torch.zeros(2, facts.hidden_size)})
+    model, tok, layout = tiny
+    problem = ValueProblem(model, tok, layout, REQUESTS, 1, TEMPLATES)
+    terms = problem.losses({"mlp": torch.zeros(2, layout.hidden_size)})
     assert torch.allclose(terms.kl, torch.zeros(2), atol=1e-6)
 
 
 def test_subset_of_requests_matches_full_batch(tiny):
-    model, tok, facts = tiny
-    problem = ValueProblem(model, tok, facts, REQUESTS, 1, TEMPLATES)
-    d = torch.randn(2, facts.hidden_size)
+    model, tok, layout = tiny
+    problem = ValueProblem(model, tok, layout, REQUESTS, 1, TEMPLATES)
+    d = torch.randn(2, layout.hidden_size)
     full = problem.losses({"mlp": d})
     second = problem.losses({"mlp": d[1:]}, [1])
     assert torch.allclose(second.nll, full.nll[1:], atol=1e-6)
 
 
 def test_keys_are_template_means_of_mlp_inputs(tiny):
-    model, tok, facts = tiny
-    problem = ValueProblem(model, tok, facts, REQUESTS, 1, TEMPLATES)
-    direct = subject_keys(model, tok, facts, REQUESTS, [1], [TEMPLATES])[1]
+    model, tok, layout = tiny
+    problem = ValueProblem(model, tok, layout, REQUESTS, 1, TEMPLATES)
+    direct = subject_keys(model, tok, layout, REQUESTS, [1], [TEMPLATES])[1]
     assert torch.allclose(problem.keys, direct, atol=1e-5)
 
 
 def test_batched_losses_and_gradients_equal_one_request_at_a_time(tiny):
-    model, tok, facts = tiny
+    model, tok, layout = tiny
     gen = torch.Generator().manual_seed(2)
-    d = 2 * torch.randn(len(REQUESTS), facts.hidden_size, generator=gen)
+    d = 2 * torch.randn(len(REQUESTS), layout.hidden_size, generator=gen)
     batch_d = d.clone().requires_grad_(True)
-    batch = ValueProblem(model, tok, facts, REQUESTS, 1, TEMPLATES, sites=("residual",)).losses({"residual": batch_d})
+    batch = ValueProblem(model, tok, layout, REQUESTS, 1, TEMPLATES, sites=("residual",)).losses({"residual": batch_d})
     g_batch, = torch.autograd.grad((batch.nll + batch.kl).sum(), [batch_d])
     for r, req in enumerate(REQUESTS):
         alone_d = d[r:r + 1].clone().requires_grad_(True)
-        alone = ValueProblem(model, tok, facts, [req], 1, TEMPLATES, sites=("residual",)).losses({"residual": alone_d})
+        alone = ValueProblem(model, tok, layout, [req], 1, TEMPLATES, sites=("residual",)).losses({"residual": alone_d})
         g_alone, = torch.autograd.grad((alone.nll + alone.kl).sum(), [alone_d])
         assert torch.allclose(batch.nll[r], alone.nll[0], atol=1e-5) and torch.allclose(batch.kl[r], alone.kl[0], atol=1e-6)
         assert torch.allclose(g_batch[r], g_alone[0], atol=1e-7, rtol=1e-4)
 
 
 def test_batched_optimisation_equals_one_request_at_a_time(tiny):
-    model, tok, facts = tiny
-    if facts.family == "gemma3":
+    model, tok, layout = tiny
+    if layout.family == "gemma3":
         # The tiny random Gemma's loss is flat at this layer (it stays at ln(vocab) +- 0.01: the post-norms
         # bound what a residual delta changes), so Adam's per-coordinate normalised steps blow float32
         # rounding differences between batch shapes up into different vectors within a few steps. Its
         # batch independence is checked at the loss and gradient instead (the test above).
         pytest.skip("flat loss surface of the tiny random gemma3: see the loss/gradient batch test")
     settings = ValueSettings(num_steps=6, lr=0.5, weight_decay=0.5, clamp_norm_factor=4.0, kl_factor=0.0625)
-    batch = optimize_values(ValueProblem(model, tok, facts, REQUESTS, 1, TEMPLATES, sites=("residual",)), settings)
+    batch = optimize_values(ValueProblem(model, tok, layout, REQUESTS, 1, TEMPLATES, sites=("residual",)), settings)
     for r, req in enumerate(REQUESTS):
-        alone = optimize_values(ValueProblem(model, tok, facts, [req], 1, TEMPLATES, sites=("residual",)), settings)
+        alone = optimize_values(ValueProblem(model, tok, layout, [req], 1, TEMPLATES, sites=("residual",)), settings)
         assert batch.steps[r] == alone.steps[0]
         assert torch.allclose(batch.values["residual"][r], alone.values["residual"][0], atol=1e-4, rtol=1e-4)
 
 
 def test_optimisation_lowers_the_loss(tiny):
-    model, tok, facts = tiny
+    model, tok, layout = tiny
     # Layer 0, so later layers carry delta to the answer.
     settings = ValueSettings(num_steps=8, lr=0.5, weight_decay=0.0, clamp_norm_factor=4.0, kl_factor=0.0625)
-    problem = ValueProblem(model, tok, facts, REQUESTS[:1], 0, TEMPLATES)
+    problem = ValueProblem(model, tok, layout, REQUESTS[:1], 0, TEMPLATES)
     res = optimize_values(problem, settings)
     # Random models barely respond to one vector at one position, but the loss must still go down.
     assert res.history[0][-1] < res.history[0][0]
@@ -140,21 +140,21 @@ def test_optimisation_lowers_the_loss(tiny):
 
 
 def test_delta_norm_is_clamped(tiny):
-    model, tok, facts = tiny
+    model, tok, layout = tiny
     settings = ValueSettings(num_steps=4, lr=0.5, weight_decay=0.0, clamp_norm_factor=0.5, kl_factor=0.0625)
-    res = optimize_values(ValueProblem(model, tok, facts, REQUESTS[:1], 2, TEMPLATES), settings)
+    res = optimize_values(ValueProblem(model, tok, layout, REQUESTS[:1], 2, TEMPLATES), settings)
     assert float(res.deltas["mlp"][0].norm()) <= 0.5 * float(res.references["mlp"][0].norm()) * (1 + 1e-5)
     assert float(res.deltas["mlp"][0].norm()) > 0
 
 
 def test_context_templates_are_seeded_and_kept_in_state(tiny):
-    model, tok, facts = tiny
+    model, tok, layout = tiny
     a = generate_context_templates(model, tok, [[4, 5]], seed=3)
     b = generate_context_templates(model, tok, [[4, 5]], seed=3)
     assert a == b
     assert a[0] == ["{}"] and len(a[1]) == 5
     assert all(t.count("{}") == 1 and t.endswith(". {}") for t in a[1])
-    ctx = EditContext(facts=facts, covariance=lambda layer: None, seed=3)
+    ctx = EditContext(layout=layout, covariance=lambda layer: None, seed=3)
     first = context_templates(model, tok, ctx, [[4, 5]])
     assert ctx.state["context_templates"] == first == a
     ctx.state["context_templates"] = [["{}"], ["kept. {}"]]
@@ -163,13 +163,13 @@ def test_context_templates_are_seeded_and_kept_in_state(tiny):
 
 # ------------------------------------------------------------------ an independent reference of the loss
 
-def _reference_loss(model, tok, facts, request, templates, layer, delta, v_norm, kl_factor, weight_decay):
+def _reference_loss(model, tok, layout, request, templates, layer, delta, v_norm, kl_factor, weight_decay):
     """ROME's eq. 4 written out plainly (kmeng01/rome compute_v), one full forward pass per prompt and
     a hook of its own: NLL of the target tokens summed per prompt and divided by their count, then
     averaged over the context templates; kl_factor * KL(edited || unedited) of the next-token
     distribution at the subject's last token of "{subject} is a" (torch's kl_div(init, edited,
     log_target=True), as the reference calls it); weight_decay * |delta| / |v|^2."""
-    name = facts.mlp_down.format(layer)
+    name = layout.mlp_down.format(layer)
 
     def run(ids, pos, add):
         def hook(module, args, output):
@@ -208,10 +208,10 @@ def _reference_loss(model, tok, facts, request, templates, layer, delta, v_norm,
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
 def test_optimiser_loss_and_gradient_equal_a_plain_reference(family):
     model, tok = random_model(family, seed=1, hidden=32, layers=3, heads=4)
-    facts = facts_for(model)
+    layout = layout_for(model)
     request, layer = REQUESTS[0], 1
     kl_factor, weight_decay = 2.0, 0.5
-    problem = ValueProblem(model, tok, facts, [request], layer, TEMPLATES, sites=("mlp",))
+    problem = ValueProblem(model, tok, layout, [request], layer, TEMPLATES, sites=("mlp",))
     # A large first step (the random model's outputs are small, so a loose clamp), so that KL(edited ||
     # unedited) and its reverse differ well beyond tolerance.
     settings = ValueSettings(num_steps=2, lr=0.5, weight_decay=weight_decay, clamp_norm_factor=30.0,
@@ -222,10 +222,10 @@ def test_optimiser_loss_and_gradient_equal_a_plain_reference(family):
     assert delta1.norm() > 0
     v_norm = problem.references["mlp"][0].norm()
     zero = torch.zeros_like(delta1)
-    loss0, nll0, _ = _reference_loss(model, tok, facts, request, TEMPLATES, layer, zero, v_norm, kl_factor, weight_decay)
+    loss0, nll0, _ = _reference_loss(model, tok, layout, request, TEMPLATES, layer, zero, v_norm, kl_factor, weight_decay)
     assert result.history[0][0] == pytest.approx(float(loss0), rel=1e-4)
     d = delta1.clone().requires_grad_(True)
-    loss1, nll1, kl1 = _reference_loss(model, tok, facts, request, TEMPLATES, layer, d, v_norm, kl_factor, weight_decay)
+    loss1, nll1, kl1 = _reference_loss(model, tok, layout, request, TEMPLATES, layer, d, v_norm, kl_factor, weight_decay)
     assert float(kl1.detach()) > 1e-6 and float(weight_decay * d.detach().norm() / v_norm ** 2) > 1e-6  # every term is live
     assert result.history[0][1] == pytest.approx(float(loss1), rel=1e-4)
     assert result.nll_history[0][1] == pytest.approx(float(nll1), rel=1e-4)

@@ -325,13 +325,13 @@ class Editor:
                  config=None, cache_dir=None, model_id: str | None = None, corpus: str | None = None,
                  stats_tokens: int | None = None, progress: bool = True):
         from editharm.methods.base import EditContext
-        from editharm.models import facts_for
+        from editharm.models import layout_for
         from editharm.regularize import parse_regulariser
 
         self.model, self.tokenizer = model, tokenizer
-        self.facts = facts_for(model)
+        self.layout = layout_for(model)
         self.ws = workspace(config, cache_dir)
-        self.method, self.hparams = load_method_hparams(method, hparams, family=self.facts.family, module=module,
+        self.method, self.hparams = load_method_hparams(method, hparams, family=self.layout.family, module=module,
                                                         config=self.ws)
         self.regulariser = parse_regulariser(regulariser)
         if self.regulariser.kind != "none" and not self.method.EDITS_WEIGHTS:
@@ -349,7 +349,7 @@ class Editor:
         self.stats_tokens = stats_tokens or self.ws.config.get("covariance", {}).get("tokens", 200000)
         self.stats_seq_len = self.ws.config.get("covariance", {}).get("seq_len", 256)
         self._covariance_of = None
-        self.context = EditContext(facts=self.facts, covariance=self._covariance, state={}, seed=seed,
+        self.context = EditContext(layout=self.layout, covariance=self._covariance, state={}, seed=seed,
                                    artifacts={"trained_dir": str(trained_dir)} if trained_dir else {})
         self.edited: list[EditRequest] = []
         self.log: list[dict] = []
@@ -391,7 +391,7 @@ class Editor:
 
     def _stats_layers(self) -> list[int]:
         layers = getattr(self.method, "stats_layers", None)
-        return sorted(set(layers(self.hparams, self.facts))) if layers else []
+        return sorted(set(layers(self.hparams, self.layout))) if layers else []
 
     def _prepare_covariance(self) -> float:
         from editharm.corpus import iter_texts
@@ -407,7 +407,7 @@ class Editor:
             corpus = prepared_dataset(self.corpus, config=self.ws)
             log.info("computing covariance statistics of layers %s over %d tokens of %s (once; cached in %s)",
                      missing, self.stats_tokens, self.corpus, Path(paths[missing[0]]).parent)
-            moments = collect_second_moments(self.model, self.tokenizer, self.facts, missing, iter_texts(corpus),
+            moments = collect_second_moments(self.model, self.tokenizer, self.layout, missing, iter_texts(corpus),
                                              n_tokens=self.stats_tokens, seq_len=self.stats_seq_len,
                                              progress=self.progress)
             seconds = time.perf_counter() - t0

@@ -34,7 +34,7 @@ METHODS = {"ROME": "rome", "MEMIT": "memit", "PMET": "pmet", "FT": "ft", "FT-L":
            "GRACE": "grace", "MEND": "mend", "SERAC": "serac"}
 
 _PLACES = "where the model and statistics live is editharm's config and cache, not the hyperparameters"
-_TEMPLATE = "editharm derives module paths from the model's architecture (models.ModelFacts)"
+_TEMPLATE = "editharm derives module paths from the model's architecture (models.ModelLayout)"
 _COVARIANCE = "the covariance statistics are set once for all methods in config.yaml `covariance:` (corpus, tokens)"
 _TRAINING_LOG = "training bookkeeping (logging, validation, saving, early stopping on a validation key) of EasyEdit's trainer"
 _IGNORED_ALL = {
@@ -95,7 +95,7 @@ class EasyEditError(ValueError):
 # ---------------------------------------------------------------- module names
 
 def _module_templates() -> dict[str, tuple[str, str]]:
-    """Every family's module template -> (family, ModelFacts attribute), e.g.
+    """Every family's module template -> (family, ModelLayout attribute), e.g.
     'model.layers.{}.mlp.down_proj' -> ('llama', 'mlp_down')."""
     from editharm.models import _TEMPLATES
 

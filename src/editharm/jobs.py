@@ -66,12 +66,12 @@ def fetch_model(source: dict, out_manifest: str, config: dict | None = None, mod
 def layer_stats(model_dir: str, corpus: str, layer: int, tokens: int, seq_len: int, out_path: str, threads: int | None = None) -> None:
     from editharm.corpus import iter_texts
     from editharm.methods.covariance import collect_second_moments, save_second_moment
-    from editharm.models import facts_for, load_model
+    from editharm.models import layout_for, load_model
 
     _threads(threads)
     model, tokenizer = load_model(model_dir)
     t0 = time.time()
-    moments = collect_second_moments(model, tokenizer, facts_for(model), [layer], iter_texts(corpus), n_tokens=tokens, seq_len=seq_len)
+    moments = collect_second_moments(model, tokenizer, layout_for(model), [layer], iter_texts(corpus), n_tokens=tokens, seq_len=seq_len)
     save_second_moment(out_path, moments[layer], provenance(layer=layer, tokens=tokens, corpus=str(corpus), seconds=time.time() - t0))
 
 
@@ -130,7 +130,7 @@ def edit_segment(*, model_dir: str, editset: str, n_prev: int, n: int, method_na
     from editharm.editsets import load_requests
     from editharm.io import sha256_file
     from editharm.methods.base import EditContext
-    from editharm.models import facts_for, load_model
+    from editharm.models import layout_for, load_model
     from editharm.sequential import SegmentSpec, resume_inputs, run_segment
 
     _threads(threads)
@@ -138,7 +138,7 @@ def edit_segment(*, model_dir: str, editset: str, n_prev: int, n: int, method_na
     torch.manual_seed(seed)
     method, hparams = _method_and_hparams(method_name, module, hparams_path)
     model, tokenizer = load_model(model_dir)
-    facts = facts_for(model)
+    layout = layout_for(model)
     requests = load_requests(editset)
     if len(requests) < n:
         raise ValueError(f"{editset} holds {len(requests)} requests but checkpoint n{n} needs {n}")
@@ -147,7 +147,7 @@ def edit_segment(*, model_dir: str, editset: str, n_prev: int, n: int, method_na
     if prev_tensors:
         touched, state, _ = load_checkpoint(prev_tensors, prev_meta)
         write_tensors(model, touched)
-    context = EditContext(facts=facts, covariance=_covariance_loader(stats_paths), state=state, seed=seed,
+    context = EditContext(layout=layout, covariance=_covariance_loader(stats_paths), state=state, seed=seed,
                           artifacts={"trained_dir": trained_dir} if trained_dir else {})
     attach = getattr(method, "attach", None)
 
@@ -171,7 +171,7 @@ def load_edited_model(model_dir: str, tensors: str | None, meta: str | None, met
     from editharm.checkpoint import load_checkpoint, write_tensors
     from editharm.methods import load_method
     from editharm.methods.base import EditContext
-    from editharm.models import facts_for, load_model
+    from editharm.models import layout_for, load_model
 
     model, tokenizer = load_model(model_dir)
     if tensors is None:
@@ -182,7 +182,7 @@ def load_edited_model(model_dir: str, tensors: str | None, meta: str | None, met
     attach = getattr(method, "attach", None)
     if attach:
         hparams = method.Hparams(**info["hparams"])
-        context = EditContext(facts=facts_for(model), covariance=_no_covariance, state=state, seed=info.get("seed", 0),
+        context = EditContext(layout=layout_for(model), covariance=_no_covariance, state=state, seed=info.get("seed", 0),
                               artifacts={"trained_dir": trained_dir} if trained_dir else {})
         model = attach(model, tokenizer, state, hparams, context)
     return model, tokenizer

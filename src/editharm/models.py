@@ -1,4 +1,4 @@
-"""Models: per-architecture facts, loading from a local folder, and fetching into the cache.
+"""Models: per-architecture layout, loading from a local folder, and fetching into the cache.
 
 Sources of a model (config `models.<name>.source.kind`):
   hub        Hugging Face hub id, snapshot-downloaded (needs internet)
@@ -27,7 +27,7 @@ _FAMILY_OF_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "llama",
 
 
 @dataclass(frozen=True)
-class ModelFacts:
+class ModelLayout:
     """Where the parts an editor needs live in a model of one architecture family.
 
     Module paths are templates with "{}" for the layer index. `mlp_down` is the
@@ -113,13 +113,13 @@ def family_of(config) -> str:
         ) from None
 
 
-def facts_for(model) -> ModelFacts:
+def layout_for(model) -> ModelLayout:
     cfg = model.config
     family = family_of(cfg)
     n_layers = cfg.num_hidden_layers if hasattr(cfg, "num_hidden_layers") else cfg.n_layer
     hidden = cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.n_embd
     inner = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * hidden
-    return ModelFacts(family=family, n_layers=n_layers, hidden_size=hidden, intermediate_size=inner, **_TEMPLATES[family])
+    return ModelLayout(family=family, n_layers=n_layers, hidden_size=hidden, intermediate_size=inner, **_TEMPLATES[family])
 
 
 def get_module(model: torch.nn.Module, path: str) -> torch.nn.Module:

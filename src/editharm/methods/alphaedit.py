@@ -47,7 +47,7 @@ class Hparams:
     fact_token: str = "subject_last"
 
 
-def stats_layers(hparams: Hparams, facts) -> list[int]:
+def stats_layers(hparams: Hparams, layout) -> list[int]:
     return sorted(set(hparams.layers))
 
 
@@ -91,23 +91,23 @@ def edited_moment(context: EditContext, layer: int, size: int) -> torch.Tensor:
 def compute_alphaedit(model, tokenizer, requests: list[EditRequest], hparams: Hparams, context: EditContext) -> MassEdit:
     if hparams.fact_token != "subject_last":
         raise ValueError(f"AlphaEdit fact_token {hparams.fact_token!r} is not supported; use 'subject_last'")
-    facts = context.facts
-    layers = check_layers(hparams.layers, facts, "AlphaEdit")
+    layout = context.layout
+    layers = check_layers(hparams.layers, layout, "AlphaEdit")
     groups = context_templates(model, tokenizer, context, hparams.context_template_length_params)
     flat = [t for g in groups for t in g]
     z_layer = layers[-1]
-    problem = ValueProblem(model, tokenizer, facts, requests, z_layer, flat, sites=("residual",))
+    problem = ValueProblem(model, tokenizer, layout, requests, z_layer, flat, sites=("residual",))
     result = optimize_values(problem, value_settings(hparams))
     targets = result.values["residual"]
 
     def solve(layer, keys, residuals):
         p = projection(context, layer, hparams.nullspace_threshold).to(keys.device)
-        moment = edited_moment(context, layer, facts.intermediate_size).to(keys.device)
+        moment = edited_moment(context, layer, layout.intermediate_size).to(keys.device)
         return alphaedit_update(keys, residuals, p, moment, hparams.L2)
 
-    solved = spread_layers(model, tokenizer, facts, requests, layers, groups, targets, facts.layer.format(z_layer),
+    solved = spread_layers(model, tokenizer, layout, requests, layers, groups, targets, layout.layer.format(z_layer),
                            spread=lambda i: float(len(layers) - i), solve=solve)
-    deltas = {facts.down_weight_name(l): s.delta for l, s in solved.items()}
+    deltas = {layout.down_weight_name(l): s.delta for l, s in solved.items()}
     info = value_info(result, ("residual",)) | {
         "layers": layers,
         # The trace of a projection is its rank: the dimension of the protected null space.
@@ -118,7 +118,7 @@ def compute_alphaedit(model, tokenizer, requests: list[EditRequest], hparams: Hp
 
 def apply(model, tokenizer, requests: list[EditRequest], hparams: Hparams, context: EditContext) -> WeightUpdate:
     edit = compute_alphaedit(model, tokenizer, requests, hparams, context)
-    return WeightUpdate({n: context.facts.to_storage(d) for n, d in edit.deltas.items()}, info=edit.info)
+    return WeightUpdate({n: context.layout.to_storage(d) for n, d in edit.deltas.items()}, info=edit.info)
 
 
 @torch.no_grad()
@@ -129,11 +129,11 @@ def after_update(model, tokenizer, requests: list[EditRequest], hparams: Hparams
     the protected keys are those of the weights actually written, as in the reference,
     which recomputes the keys on the edited model after all layers are updated.
     """
-    facts = context.facts
-    layers = check_layers(hparams.layers, facts, "AlphaEdit")
+    layout = context.layout
+    layers = check_layers(hparams.layers, layout, "AlphaEdit")
     groups = context_templates(model, tokenizer, context, hparams.context_template_length_params)
-    keys = subject_keys(model, tokenizer, facts, requests, layers, groups, group_mean=True)
+    keys = subject_keys(model, tokenizer, layout, requests, layers, groups, group_mean=True)
     for layer, k in keys.items():
         k = k.double()
         context.state[f"edited_keys_moment.{layer}"] = (
-            edited_moment(context, layer, facts.intermediate_size).double() + (k.T @ k).cpu()).float()
+            edited_moment(context, layer, layout.intermediate_size).double() + (k.T @ k).cpu()).float()

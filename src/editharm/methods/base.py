@@ -7,7 +7,7 @@ A method is a module that defines
     SUPPORTS_BATCH: bool        # may `apply` receive more than one request?
     EDITS_WEIGHTS: bool         # True: returns WeightUpdate (regularisers apply)
     apply(model, tokenizer, requests, hparams, context) -> WeightUpdate | StateUpdate
-    stats_layers(hparams, facts) -> list[int]   # optional: layers needing covariance
+    stats_layers(hparams, layout) -> list[int]   # optional: layers needing covariance
 
 Optional, for methods that need them:
 
@@ -69,7 +69,7 @@ class EditContext:
     state is the method's accumulated state, carried across sequential segments.
     """
 
-    facts: Any  # editharm.models.ModelFacts
+    layout: Any  # editharm.models.ModelLayout
     covariance: Callable[[int], torch.Tensor]
     state: dict[str, Any] = field(default_factory=dict)
     seed: int = 0

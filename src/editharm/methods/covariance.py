@@ -59,7 +59,7 @@ def _batches(chunks: Iterator[list[int]], batch_size: int, n_tokens: int) -> Ite
         )
 
 
-def collect_second_moments(model, tokenizer, facts, layers: list[int], texts: Iterable[str], n_tokens: int,
+def collect_second_moments(model, tokenizer, layout, layers: list[int], texts: Iterable[str], n_tokens: int,
                            seq_len: int = 256, batch_size: int = 8, progress: bool = True) -> dict[int, torch.Tensor]:
     """E[k k^T] of the mlp_down inputs at each layer in `layers`, over n_tokens corpus tokens.
 
@@ -72,14 +72,14 @@ def collect_second_moments(model, tokenizer, facts, layers: list[int], texts: It
     if not layers:
         return {}
     layers = sorted(set(int(l) for l in layers))
-    bad = [l for l in layers if not 0 <= l < facts.n_layers]
+    bad = [l for l in layers if not 0 <= l < layout.n_layers]
     if bad:
-        raise ValueError(f"layer(s) {bad} out of range for a model with {facts.n_layers} layers")
+        raise ValueError(f"layer(s) {bad} out of range for a model with {layout.n_layers} layers")
     if n_tokens <= 0:
         raise ValueError(f"n_tokens must be positive, got {n_tokens}")
-    names = {l: facts.mlp_down.format(l) for l in layers}
+    names = {l: layout.mlp_down.format(l) for l in layers}
     device = next(model.parameters()).device
-    sums = {l: torch.zeros(facts.intermediate_size, facts.intermediate_size, dtype=torch.float64, device=device)
+    sums = {l: torch.zeros(layout.intermediate_size, layout.intermediate_size, dtype=torch.float64, device=device)
             for l in layers}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     seen = 0

@@ -145,18 +145,18 @@ def linf_clamp_(weight: torch.Tensor, original: torch.Tensor, eps: float) -> Non
 
 # ---------------------------------------------------------------- the method
 
-def _tuned_names(model, hparams: Hparams, facts) -> list[str]:
+def _tuned_names(model, hparams: Hparams, layout) -> list[str]:
     names = []
     for layer in hparams.layers:
-        if not 0 <= layer < facts.n_layers:
-            raise ValueError(f"ft: layer {layer} does not exist; the model has layers 0..{facts.n_layers - 1}")
-        names.append(facts.down_weight_name(layer))
+        if not 0 <= layer < layout.n_layers:
+            raise ValueError(f"ft: layer {layer} does not exist; the model has layers 0..{layout.n_layers - 1}")
+        names.append(layout.down_weight_name(layer))
     return names
 
 
 def apply(model, tokenizer, requests: list[EditRequest], hparams: Hparams, context: EditContext) -> WeightUpdate:
-    facts = context.facts
-    names = _tuned_names(model, hparams, facts)
+    layout = context.layout
+    names = _tuned_names(model, hparams, layout)
     weights = {n: model.get_parameter(n) for n in names}
     originals = {n: w.detach().clone() for n, w in weights.items()}
     device = next(iter(weights.values())).device

@@ -45,7 +45,7 @@ NAME = "grace"
 SUPPORTS_BATCH = False
 EDITS_WEIGHTS = False
 
-MODULES = ("mlp_down", "mlp_up", "attn_out", "mlp")  # ModelFacts templates whose output is one tensor
+MODULES = ("mlp_down", "mlp_up", "attn_out", "mlp")  # ModelLayout templates whose output is one tensor
 VALUE_INITS = ("cold", "warm")
 EXPANSIONS = ("coverage", "moving_average")
 SPLIT_MARGIN = 1e-5  # the reference implementation keeps the old key's radius just inside d/2
@@ -185,10 +185,10 @@ class Adaptor:
 _ATTACHED: "weakref.WeakKeyDictionary[torch.nn.Module, Adaptor]" = weakref.WeakKeyDictionary()
 
 
-def _module_path(facts, hparams: Hparams) -> str:
-    if not 0 <= hparams.layer < facts.n_layers:
-        raise ValueError(f"grace: layer {hparams.layer} does not exist; the model has layers 0..{facts.n_layers - 1}")
-    return getattr(facts, hparams.module).format(hparams.layer)
+def _module_path(layout, hparams: Hparams) -> str:
+    if not 0 <= hparams.layer < layout.n_layers:
+        raise ValueError(f"grace: layer {hparams.layer} does not exist; the model has layers 0..{layout.n_layers - 1}")
+    return getattr(layout, hparams.module).format(hparams.layer)
 
 
 def _install(model, module_path: str, adaptor: Adaptor) -> Adaptor:
@@ -281,10 +281,10 @@ def _edit_one(model, tokenizer, request: EditRequest, book: Codebook, module_pat
 
 
 def apply(model, tokenizer, requests: list[EditRequest], hparams: Hparams, context: EditContext) -> StateUpdate:
-    facts = context.facts
-    module_path = _module_path(facts, hparams)
+    layout = context.layout
+    module_path = _module_path(layout, hparams)
     module = model.get_submodule(module_path)
-    d_in, d_out = _module_dims(module, facts)
+    d_in, d_out = _module_dims(module, layout)
     book = Codebook.from_state(context.state, d_in, d_out, module_path)
     # A codebook attached for scoring must not act while the new value is trained.
     attached = _ATTACHED.get(model)
@@ -303,10 +303,10 @@ def apply(model, tokenizer, requests: list[EditRequest], hparams: Hparams, conte
     return StateUpdate(state=book.to_state(module_path), info=info)
 
 
-def _module_dims(module, facts) -> tuple[int, int]:
+def _module_dims(module, layout) -> tuple[int, int]:
     """Input and output widths of the wrapped module."""
     weight = getattr(module, "weight", None)
     if weight is not None and weight.dim() == 2:
-        out_in = facts.linear_weight(weight)  # GPT-2's Conv1D stores [in, out]
+        out_in = layout.linear_weight(weight)  # GPT-2's Conv1D stores [in, out]
         return out_in.shape[1], out_in.shape[0]
-    return facts.hidden_size, facts.hidden_size  # the whole MLP maps the residual stream to itself
+    return layout.hidden_size, layout.hidden_size  # the whole MLP maps the residual stream to itself

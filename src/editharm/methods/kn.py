@@ -114,14 +114,14 @@ class Hparams:
 # ---------------------------------------------------------------- attribution
 
 @torch.no_grad()
-def _prefix_state(model, facts, layers: list[int], ids: torch.Tensor):
+def _prefix_state(model, layout, layers: list[int], ids: torch.Tensor):
     """KV cache of ids[:-1] and the clean down-projection inputs at the last position, per layer."""
     seen: dict[int, torch.Tensor] = {}
     handles = []
     for layer in layers:
         def grab(mod, args, layer=layer):
             seen[layer] = args[0][0, -1].detach().clone()
-        handles.append(model.get_submodule(facts.mlp_down.format(layer)).register_forward_pre_hook(grab))
+        handles.append(model.get_submodule(layout.mlp_down.format(layer)).register_forward_pre_hook(grab))
     try:
         model(input_ids=ids)
     finally:
@@ -131,10 +131,10 @@ def _prefix_state(model, facts, layers: list[int], ids: torch.Tensor):
     return cache, torch.stack([seen[layer] for layer in layers])
 
 
-def _integrated_gradients(model, facts, layers: list[int], ids: torch.Tensor, target: int, steps: int,
+def _integrated_gradients(model, layout, layers: list[int], ids: torch.Tensor, target: int, steps: int,
                           batch_size: int) -> torch.Tensor:
     """Attr of every intermediate neuron of `layers` at the last position of `ids` for token `target`: [len(layers), d_ff]."""
-    cache, base = _prefix_state(model, facts, layers, ids)
+    cache, base = _prefix_state(model, layout, layers, ids)
     alphas = torch.arange(1, steps + 1, device=base.device, dtype=base.dtype) / steps
     rows = [(li, k) for li in range(len(layers)) for k in range(steps)]
     grad_sum = torch.zeros_like(base)
@@ -154,7 +154,7 @@ def _integrated_gradients(model, facts, layers: list[int], ids: torch.Tensor, ta
                 x = args[0]
                 pos = torch.full_like(row_idx, x.shape[1] - 1)
                 return (x.index_put((row_idx, pos), leaf.to(x.dtype)),) + tuple(args[1:])
-            handles.append(model.get_submodule(facts.mlp_down.format(layers[li])).register_forward_pre_hook(patch))
+            handles.append(model.get_submodule(layout.mlp_down.format(layers[li])).register_forward_pre_hook(patch))
         try:
             kwargs = {}
             if cache is not None:
@@ -174,14 +174,14 @@ def _integrated_gradients(model, facts, layers: list[int], ids: torch.Tensor, ta
     return base * grad_sum / steps
 
 
-def attribution_scores(model, tokenizer, prompt: str, answer_ids: list[int], prompt_ids: list[int], facts,
+def attribution_scores(model, tokenizer, prompt: str, answer_ids: list[int], prompt_ids: list[int], layout,
                        layers: list[int], steps: int, batch_size: int) -> torch.Tensor:
     """Attr averaged over the answer's tokens (teacher forcing): [len(layers), d_ff]."""
     device = next(model.parameters()).device
     total = None
     for j, token in enumerate(answer_ids):
         ids = torch.tensor([prompt_ids + answer_ids[:j]], device=device)
-        attr = _integrated_gradients(model, facts, layers, ids, token, steps, batch_size)
+        attr = _integrated_gradients(model, layout, layers, ids, token, steps, batch_size)
         total = attr if total is None else total + attr
     return total / len(answer_ids)
 
@@ -243,11 +243,11 @@ def answer_coefficients(hparams: Hparams, n_new_tokens: int) -> tuple[float, flo
     return hparams.lambda_1, hparams.lambda_2
 
 
-def _layers(hparams: Hparams, facts) -> list[int]:
-    layers = list(range(facts.n_layers)) if hparams.layers is None else list(hparams.layers)
-    bad = [layer for layer in layers if not 0 <= layer < facts.n_layers]
+def _layers(hparams: Hparams, layout) -> list[int]:
+    layers = list(range(layout.n_layers)) if hparams.layers is None else list(hparams.layers)
+    bad = [layer for layer in layers if not 0 <= layer < layout.n_layers]
     if bad or not layers:
-        raise ValueError(f"kn: layers {bad or layers} invalid; the model has layers 0..{facts.n_layers - 1}")
+        raise ValueError(f"kn: layers {bad or layers} invalid; the model has layers 0..{layout.n_layers - 1}")
     return layers
 
 
@@ -265,8 +265,8 @@ def apply(model, tokenizer, requests: list[EditRequest], hparams: Hparams, conte
     if len(requests) != 1:
         raise ValueError(f"kn edits one request per operation (SUPPORTS_BATCH is False), got {len(requests)}")
     request = requests[0]
-    facts = context.facts
-    layers = _layers(hparams, facts)
+    layout = context.layout
+    layers = _layers(hparams, layout)
     prompts = [request.filled_prompt] + (list(request.paraphrases) if hparams.use_paraphrases else [])
 
     per_prompt = []
@@ -277,7 +277,7 @@ def apply(model, tokenizer, requests: list[EditRequest], hparams: Hparams, conte
             # No recorded old answer (some zsRE records): the model's own prediction is what it "knows".
             prompt_ids = tokenizer(prompt)["input_ids"]
             answer_ids = greedy_continuation(model, prompt_ids, 1)
-        scores = attribution_scores(model, tokenizer, prompt, answer_ids, prompt_ids, facts, layers,
+        scores = attribution_scores(model, tokenizer, prompt, answer_ids, prompt_ids, layout, layers,
                                     hparams.steps, hparams.batch_size)
         per_prompt.append(coarse_neurons(scores, layers, hparams.adaptive_threshold))
     neurons = refine_neurons(per_prompt, hparams.p, hparams.refine)
@@ -294,12 +294,12 @@ def apply(model, tokenizer, requests: list[EditRequest], hparams: Hparams, conte
     deltas: dict[str, torch.Tensor] = {}
     for layer in sorted({layer for layer, _ in neurons}):
         cols = torch.tensor([ni for lj, ni in neurons if lj == layer])
-        name = facts.down_weight_name(layer)
-        w = facts.linear_weight(model.get_parameter(name).detach()).cpu()   # [out, in]
+        name = layout.down_weight_name(layer)
+        w = layout.linear_weight(model.get_parameter(name).detach()).cpu()   # [out, in]
         delta = torch.zeros(w.shape, dtype=torch.float32)
         delta[:, cols] = neuron_update(w[:, cols].T, e_old, e_new, lambda_1, lambda_2,
                                        hparams.scale_to_value_norm).T
-        deltas[name] = facts.to_storage(delta)
+        deltas[name] = layout.to_storage(delta)
     info = {"n_neurons": len(neurons), "neurons": [list(n) for n in neurons], "old_answer_ids": old_ids,
             "coarse_per_prompt": [len(c) for c in per_prompt]}
     return WeightUpdate(deltas=deltas, info=info)

@@ -59,7 +59,7 @@ class Hparams:
     fact_token: str = "subject_last"
 
 
-def stats_layers(hparams, facts) -> list[int]:
+def stats_layers(hparams, layout) -> list[int]:
     """Every edited layer needs its key second moment (when mom2_adjustment is on)."""
     return sorted(set(hparams.layers)) if getattr(hparams, "mom2_adjustment", True) else []
 
@@ -95,7 +95,7 @@ def memit_update(keys: torch.Tensor, residuals: torch.Tensor,
 # ------------------------------------------------------------------ model helpers
 
 @contextlib.contextmanager
-def temporary_updates(model, facts) -> Iterator[Callable[[str, torch.Tensor], None]]:
+def temporary_updates(model, layout) -> Iterator[Callable[[str, torch.Tensor], None]]:
     """Yield add(name, dW_out_in): adds to a parameter now; every touched parameter is restored bit-exactly on exit."""
     originals: dict[str, torch.Tensor] = {}
 
@@ -104,7 +104,7 @@ def temporary_updates(model, facts) -> Iterator[Callable[[str, torch.Tensor], No
         if name not in originals:
             originals[name] = param.detach().clone()
         with torch.no_grad():
-            param += facts.to_storage(delta_out_in).to(param.dtype)
+            param += layout.to_storage(delta_out_in).to(param.dtype)
 
     try:
         yield add
@@ -115,7 +115,7 @@ def temporary_updates(model, facts) -> Iterator[Callable[[str, torch.Tensor], No
 
 
 @torch.no_grad()
-def plain_outputs(model, tokenizer, facts, requests: Sequence[EditRequest], module: str) -> torch.Tensor:
+def plain_outputs(model, tokenizer, layout, requests: Sequence[EditRequest], module: str) -> torch.Tensor:
     """Output of `module` at the subject's last token of each plain prompt: [R, hidden]."""
     rows, last = [], []
     for req in requests:
@@ -139,7 +139,7 @@ class LayerSolve:
     delta: torch.Tensor       # [out, in]
 
 
-def spread_layers(model, tokenizer, facts, requests: Sequence[EditRequest], layers: Sequence[int],
+def spread_layers(model, tokenizer, layout, requests: Sequence[EditRequest], layers: Sequence[int],
                   template_groups, targets: torch.Tensor, target_module: str,
                   spread: Callable[[int], float],
                   solve: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]) -> dict[int, LayerSolve]:
@@ -150,21 +150,21 @@ def spread_layers(model, tokenizer, facts, requests: Sequence[EditRequest], laye
     """
     out: dict[int, LayerSolve] = {}
     # A residual-stream target reaches a Gemma MLP's down_proj only through the norm after it.
-    through_norm = facts.post_mlp_norm is not None and target_module in {facts.layer.format(l) for l in layers}
-    with temporary_updates(model, facts) as add:
+    through_norm = layout.post_mlp_norm is not None and target_module in {layout.layer.format(l) for l in layers}
+    with temporary_updates(model, layout) as add:
         for i, layer in enumerate(layers):
-            keys = subject_keys(model, tokenizer, facts, requests, [layer], template_groups, group_mean=True)[layer]
-            current = plain_outputs(model, tokenizer, facts, requests, target_module)
+            keys = subject_keys(model, tokenizer, layout, requests, [layer], template_groups, group_mean=True)[layer]
+            current = plain_outputs(model, tokenizer, layout, requests, target_module)
             residuals = (targets - current) / spread(i)
             if through_norm:
-                residuals = mlp_output_residuals(model, tokenizer, facts, requests, layer, residuals)
+                residuals = mlp_output_residuals(model, tokenizer, layout, requests, layer, residuals)
             delta = solve(layer, keys, residuals)
-            add(facts.down_weight_name(layer), delta)
+            add(layout.down_weight_name(layer), delta)
             out[layer] = LayerSolve(keys=keys, residuals=residuals, delta=delta)
     return out
 
 
-def mlp_output_residuals(model, tokenizer, facts, requests: Sequence[EditRequest], layer: int,
+def mlp_output_residuals(model, tokenizer, layout, requests: Sequence[EditRequest], layer: int,
                          residuals: torch.Tensor) -> torch.Tensor:
     """The change of down_proj's output at `layer` that moves the residual stream by `residuals` ([R, hidden]),
     for a model with a norm after down_proj (Gemma: y = g * o / rms(o), added to the residual).
@@ -174,8 +174,8 @@ def mlp_output_residuals(model, tokenizer, facts, requests: Sequence[EditRequest
     o' = (y + r) / g * rms(o) gives y + r projected radially onto them (y + r itself when it has
     the norm's scale), keeping the output's size; the change is o' - o.
     """
-    o = plain_outputs(model, tokenizer, facts, requests, facts.mlp_down.format(layer))
-    norm = model.get_submodule(facts.post_mlp_norm.format(layer))
+    o = plain_outputs(model, tokenizer, layout, requests, layout.mlp_down.format(layer))
+    norm = model.get_submodule(layout.post_mlp_norm.format(layer))
     dtype = next(norm.parameters()).dtype
     with torch.no_grad():
         gain = norm(torch.ones(1, o.shape[-1], dtype=dtype, device=o.device))[0].float()  # rms(ones) = 1
@@ -184,14 +184,14 @@ def mlp_output_residuals(model, tokenizer, facts, requests: Sequence[EditRequest
     return (y + residuals) / gain * rms - o
 
 
-def check_layers(layers: Sequence[int], facts, method: str) -> list[int]:
+def check_layers(layers: Sequence[int], layout, method: str) -> list[int]:
     layers = [int(l) for l in layers]
     if not layers:
         raise ValueError(f"{method}: hparams.layers is empty")
     if layers != sorted(set(layers)):
         raise ValueError(f"{method}: hparams.layers must be increasing and distinct, got {layers}")
-    if layers[0] < 0 or layers[-1] >= facts.n_layers:
-        raise ValueError(f"{method}: layers {layers} out of range for a model with {facts.n_layers} layers")
+    if layers[0] < 0 or layers[-1] >= layout.n_layers:
+        raise ValueError(f"{method}: layers {layers} out of range for a model with {layout.n_layers} layers")
     return layers
 
 
@@ -225,12 +225,12 @@ class MassEdit:
 def compute_memit(model, tokenizer, requests: Sequence[EditRequest], hparams: Hparams, context: EditContext) -> MassEdit:
     if hparams.fact_token != "subject_last":
         raise ValueError(f"MEMIT fact_token {hparams.fact_token!r} is not supported; use 'subject_last'")
-    facts = context.facts
-    layers = check_layers(hparams.layers, facts, "MEMIT")
+    layout = context.layout
+    layers = check_layers(hparams.layers, layout, "MEMIT")
     groups = context_templates(model, tokenizer, context, hparams.context_template_length_params)
     flat = [t for g in groups for t in g]
     z_layer = layers[-1]
-    problem = ValueProblem(model, tokenizer, facts, requests, z_layer, flat, sites=("residual",))
+    problem = ValueProblem(model, tokenizer, layout, requests, z_layer, flat, sites=("residual",))
     result = optimize_values(problem, value_settings(hparams))
     targets = result.values["residual"]
 
@@ -238,13 +238,13 @@ def compute_memit(model, tokenizer, requests: Sequence[EditRequest], hparams: Hp
         solve_c = (lambda rhs: context.solve_covariance(layer, rhs)) if hparams.mom2_adjustment else None
         return memit_update(keys, residuals, solve_c, hparams.mom2_update_weight)
 
-    solved = spread_layers(model, tokenizer, facts, requests, layers, groups, targets, facts.layer.format(z_layer),
+    solved = spread_layers(model, tokenizer, layout, requests, layers, groups, targets, layout.layer.format(z_layer),
                            spread=lambda i: float(len(layers) - i), solve=solve)
-    deltas = {facts.down_weight_name(l): s.delta for l, s in solved.items()}
+    deltas = {layout.down_weight_name(l): s.delta for l, s in solved.items()}
     info = value_info(result, ("residual",)) | {"layers": layers}
     return MassEdit(deltas=deltas, layers=solved, targets=targets, info=info)
 
 
 def apply(model, tokenizer, requests: list[EditRequest], hparams: Hparams, context: EditContext) -> WeightUpdate:
     edit = compute_memit(model, tokenizer, requests, hparams, context)
-    return WeightUpdate({n: context.facts.to_storage(d) for n, d in edit.deltas.items()}, info=edit.info)
+    return WeightUpdate({n: context.layout.to_storage(d) for n, d in edit.deltas.items()}, info=edit.info)

@@ -229,9 +229,9 @@ class MendNetwork(nn.Module):
 
 def resolve_param_names(model: nn.Module, hp: Hparams) -> list[str]:
     """Weight names from the templates and the (possibly negative) layer indices, checked against the model."""
-    from editharm.models import facts_for
+    from editharm.models import layout_for
 
-    n_layers = facts_for(model).n_layers
+    n_layers = layout_for(model).n_layers
     names = []
     for layer in hp.layers:
         idx = layer % n_layers if -n_layers <= layer < n_layers else None

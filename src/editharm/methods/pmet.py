@@ -52,12 +52,12 @@ def value_settings(hparams: Hparams) -> ValueSettings:
 def compute_pmet(model, tokenizer, requests: list[EditRequest], hparams: Hparams, context: EditContext) -> MassEdit:
     if hparams.fact_token != "subject_last":
         raise ValueError(f"PMET fact_token {hparams.fact_token!r} is not supported; use 'subject_last'")
-    facts = context.facts
-    layers = check_layers(hparams.layers, facts, "PMET")
+    layout = context.layout
+    layers = check_layers(hparams.layers, layout, "PMET")
     groups = context_templates(model, tokenizer, context, hparams.context_template_length_params)
     flat = [t for g in groups for t in g]
     z_layer = layers[-1]
-    problem = ValueProblem(model, tokenizer, facts, requests, z_layer, flat, sites=("attn", "mlp"))
+    problem = ValueProblem(model, tokenizer, layout, requests, z_layer, flat, sites=("attn", "mlp"))
     result = optimize_values(problem, value_settings(hparams))
     targets = result.values["mlp"]
 
@@ -65,13 +65,13 @@ def compute_pmet(model, tokenizer, requests: list[EditRequest], hparams: Hparams
         solve_c = (lambda rhs: context.solve_covariance(layer, rhs)) if hparams.mom2_adjustment else None
         return memit_update(keys, residuals, solve_c, hparams.mom2_update_weight)
 
-    solved = spread_layers(model, tokenizer, facts, requests, layers, groups, targets, facts.mlp_down.format(z_layer),
+    solved = spread_layers(model, tokenizer, layout, requests, layers, groups, targets, layout.mlp_down.format(z_layer),
                            spread=lambda i: math.sqrt(len(layers) - i), solve=solve)
-    deltas = {facts.down_weight_name(l): s.delta for l, s in solved.items()}
+    deltas = {layout.down_weight_name(l): s.delta for l, s in solved.items()}
     info = value_info(result, ("attn", "mlp")) | {"layers": layers}
     return MassEdit(deltas=deltas, layers=solved, targets=targets, info=info)
 
 
 def apply(model, tokenizer, requests: list[EditRequest], hparams: Hparams, context: EditContext) -> WeightUpdate:
     edit = compute_pmet(model, tokenizer, requests, hparams, context)
-    return WeightUpdate({n: context.facts.to_storage(d) for n, d in edit.deltas.items()}, info=edit.info)
+    return WeightUpdate({n: context.layout.to_storage(d) for n, d in edit.deltas.items()}, info=edit.info)

@@ -50,7 +50,7 @@ class Hparams:
     fact_token: str = "subject_last"
 
 
-def stats_layers(hparams: Hparams, facts) -> list[int]:
+def stats_layers(hparams: Hparams, layout) -> list[int]:
     """Layers whose key second moment ROME needs: its edited layer, when mom2_adjustment is on."""
     return [hparams.layer] if hparams.mom2_adjustment else []
 
@@ -102,20 +102,20 @@ class RomeEdit:
 def compute_rome(model, tokenizer, request: EditRequest, hparams: Hparams, context: EditContext) -> RomeEdit:
     if hparams.fact_token != "subject_last":
         raise ValueError(f"ROME fact_token {hparams.fact_token!r} is not supported; use 'subject_last' (the paper's choice)")
-    facts = context.facts
+    layout = context.layout
     layer = hparams.layer
-    if not 0 <= layer < facts.n_layers:
-        raise ValueError(f"ROME layer {layer} out of range for a model with {facts.n_layers} layers")
+    if not 0 <= layer < layout.n_layers:
+        raise ValueError(f"ROME layer {layer} out of range for a model with {layout.n_layers} layers")
     groups = context_templates(model, tokenizer, context, hparams.context_template_length_params)
     templates = [t for g in groups for t in g]
     # k* comes out of the same unedited pass as the value problem: the context-prefixed
     # prompts are the same, and tokens after the subject do not change its key.
-    problem = ValueProblem(model, tokenizer, facts, [request], layer, templates, sites=("mlp",))
+    problem = ValueProblem(model, tokenizer, layout, [request], layer, templates, sites=("mlp",))
     result = optimize_values(problem, value_settings(hparams))
     key, plain_key, value = problem.keys[0], problem.plain_keys[0], result.values["mlp"][0]
-    name = facts.down_weight_name(layer)
-    weight = facts.linear_weight(model.get_parameter(name).detach())
-    bias = getattr(model.get_submodule(facts.mlp_down.format(layer)), "bias", None)
+    name = layout.down_weight_name(layer)
+    weight = layout.linear_weight(model.get_parameter(name).detach())
+    bias = getattr(model.get_submodule(layout.mlp_down.format(layer)), "bias", None)
     solve_c = (lambda rhs: context.solve_covariance(layer, rhs)) if hparams.mom2_adjustment else None
     left = left_vector(key, solve_c)
     delta = rank_one_update(weight, None if bias is None else bias.detach(), left, plain_key, value)
@@ -137,4 +137,4 @@ def apply(model, tokenizer, requests: list[EditRequest], hparams: Hparams, conte
     if len(requests) != 1:
         raise ValueError(f"ROME edits one request at a time (SUPPORTS_BATCH = False), got {len(requests)}")
     edit = compute_rome(model, tokenizer, requests[0], hparams, context)
-    return WeightUpdate({edit.param_name: context.facts.to_storage(edit.delta)}, info=edit.info)
+    return WeightUpdate({edit.param_name: context.layout.to_storage(edit.delta)}, info=edit.info)

@@ -164,9 +164,9 @@ def pool_mask(input_ids: torch.Tensor, real: torch.Tensor, tokenizer) -> torch.T
 
 def text_features(model, tokenizer, texts: list[str], layer: int, max_length: int, batch_size: int) -> torch.Tensor:
     """Mean-pooled hidden state at `layer` of each text ([N, hidden], float32), stopping the forward there."""
-    from editharm.models import facts_for
+    from editharm.models import layout_for
 
-    module = model.get_submodule(facts_for(model).layer.format(layer))
+    module = model.get_submodule(layout_for(model).layer.format(layer))
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = []
@@ -214,7 +214,7 @@ def _training_texts(request: EditRequest) -> tuple[list[str], list[str]]:
 def train(model, tokenizer, requests: list[EditRequest], hparams: Hparams, out_dir, seed: int) -> dict[str, Any]:
     """Fit the scope classifier; writes serac_classifier.safetensors, serac.json, training_log.jsonl."""
     from editharm.io import write_jsonl
-    from editharm.models import facts_for
+    from editharm.models import layout_for
 
     if len(requests) < 2:
         raise ValueError("SERAC training needs at least two requests (other edits are the in-batch negatives)")
@@ -222,7 +222,7 @@ def train(model, tokenizer, requests: list[EditRequest], hparams: Hparams, out_d
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    layer = resolve_layer(facts_for(model).n_layers, hparams.cls_depth)
+    layer = resolve_layer(layout_for(model).n_layers, hparams.cls_depth)
     start, cpu_start = time.perf_counter(), time.process_time()
 
     # Every text's feature is computed once: the base model is frozen, only the projection trains.
@@ -414,12 +414,12 @@ class SeracModel(nn.Module):
 
     def __init__(self, base, tokenizer, classifier: ScopeClassifier, layer: int, memory: dict[str, Any], hp: Hparams):
         super().__init__()
-        from editharm.models import facts_for
+        from editharm.models import layout_for
 
         self.base = base
         self.tokenizer = tokenizer
         self.hp = hp
-        self.layer_module = base.get_submodule(facts_for(base).layer.format(layer))
+        self.layer_module = base.get_submodule(layout_for(base).layer.format(layer))
         device = next(base.parameters()).device
         self.classifier = classifier.to(device)
         self.prompts = list(memory.get("prompts", []))

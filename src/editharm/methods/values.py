@@ -151,7 +151,7 @@ def context_templates(model, tokenizer, context, length_params: Sequence[Sequenc
 # ------------------------------------------------------------------ keys
 
 @torch.no_grad()
-def subject_keys(model, tokenizer, facts, requests: Sequence[EditRequest], layers: Sequence[int],
+def subject_keys(model, tokenizer, layout, requests: Sequence[EditRequest], layers: Sequence[int],
                  template_groups: Sequence[Sequence[str]], group_mean: bool = False) -> dict[int, torch.Tensor]:
     """Mean mlp_down input at the subject's last token over the context templates: {layer: [R, d_ff]}.
 
@@ -166,7 +166,7 @@ def subject_keys(model, tokenizer, facts, requests: Sequence[EditRequest], layer
             ids, pos = tokenize_at_subject(tokenizer, text, a, b)
             rows.append(ids[:pos + 1])  # later tokens cannot change this position (causal)
             where.append((r, g))
-    names = {l: facts.mlp_down.format(l) for l in layers}
+    names = {l: layout.mlp_down.format(l) for l in layers}
     keys = {l: [] for l in layers}
     device = next(model.parameters()).device
     for chunk in range(0, len(rows), 64):
@@ -306,16 +306,16 @@ class ValueProblem:
     The constructor runs one unedited forward pass.
     """
 
-    def __init__(self, model, tokenizer, facts, requests: Sequence[EditRequest], layer: int,
+    def __init__(self, model, tokenizer, layout, requests: Sequence[EditRequest], layer: int,
                  templates: Sequence[str], sites: Sequence[str] = ("mlp",), kl_prompt: str = KL_PROMPT):
         unknown = [s for s in sites if s not in SITES]
         if unknown or not sites:
             raise ValueError(f"unknown value site(s) {unknown}; known: {', '.join(SITES)}")
-        if not 0 <= layer < facts.n_layers:
-            raise ValueError(f"layer {layer} out of range for a model with {facts.n_layers} layers")
+        if not 0 <= layer < layout.n_layers:
+            raise ValueError(f"layer {layer} out of range for a model with {layout.n_layers} layers")
         if not templates or templates[0] != "{}":
             raise ValueError("the first context template must be '{}' (the plain prompt gives the reference value)")
-        self.model, self.tokenizer, self.facts = model, tokenizer, facts
+        self.model, self.tokenizer, self.layout = model, tokenizer, layout
         self.requests, self.layer, self.sites = list(requests), layer, tuple(sites)
         self.n_templates = len(templates)
         self.device = next(model.parameters()).device
@@ -345,12 +345,12 @@ class ValueProblem:
     # -------------------------------------------------------------- the unedited pass
 
     def _site_module(self, site: str) -> str:
-        f = self.facts
+        f = self.layout
         return {"mlp": f.mlp_down, "attn": f.attn_out, "residual": f.layer}[site].format(self.layer)
 
     @torch.no_grad()
     def _prepare(self) -> None:
-        f, rows, layer = self.facts, self.rows, self.layer
+        f, rows, layer = self.layout, self.rows, self.layer
         B, dev = len(rows), self.device
         edit = torch.tensor([r.edit for r in rows], device=dev)
         lengths = torch.tensor([len(r.ids) for r in rows], device=dev)
@@ -449,8 +449,8 @@ class ValueProblem:
 
     def _unembed(self, h: torch.Tensor, normed: bool = False) -> torch.Tensor:
         if not normed:
-            h = self.model.get_submodule(self.facts.final_norm)(h)
-        # get_output_embeddings() rather than facts.lm_head: the head's attribute name moved
+            h = self.model.get_submodule(self.layout.final_norm)(h)
+        # get_output_embeddings() rather than layout.lm_head: the head's attribute name moved
         # between transformers versions for GPT-NeoX (embed_out -> lm_head).
         logits = self.model.get_output_embeddings()(h).float()
         cap = getattr(self.model.config, "final_logit_softcapping", None)
@@ -597,7 +597,7 @@ class ValueProblem:
             h = torch.cat([h[:, :1] + out_delta[:, None], h[:, 1:]], dim=1)
         cache = _PrefixKV(sel["k"], sel["v"])
         n = h.shape[0]
-        for l in range(self.start, self.facts.n_layers):
+        for l in range(self.start, self.layout.n_layers):
             if l == self.layer and self.hooked:
                 with contextlib.ExitStack() as stack:
                     for s in self.hooked:
@@ -610,8 +610,8 @@ class ValueProblem:
         return h
 
     def _call_layer(self, l: int, h: torch.Tensor, sel: dict, cache: _PrefixKV) -> torch.Tensor:
-        module = self.model.get_submodule(self.facts.layer.format(l))
-        family = self.facts.family
+        module = self.model.get_submodule(self.layout.layer.format(l))
+        family = self.layout.family
         if family == "llama":
             out = module(h, attention_mask=sel["mask"], position_ids=sel["positions"], past_key_values=cache,
                          use_cache=False, position_embeddings=sel["rope"])
