@@ -32,7 +32,7 @@ from editharm.methods import load_hparams
 from editharm.methods import rome
 from editharm.methods.base import EditContext
 from editharm.methods.covariance import collect_second_moments, load_second_moment
-from editharm.methods.values import target_ids
+from editharm.methods.prompts import target_ids
 from editharm.editsets import convert_file
 from editharm.models import layout_for, load_model
 from editharm.regularize import parse_regulariser

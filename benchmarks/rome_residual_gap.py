@@ -33,7 +33,7 @@ def main(argv=None) -> None:
     from editharm.methods import load_hparams, rome
     from editharm.methods.base import EditContext
     from editharm.methods.covariance import load_second_moment
-    from editharm.methods.values import fill, tokenize_at_subject
+    from editharm.methods.prompts import fill, tokenize_at_subject
     from editharm.models import layout_for, load_model
     from editharm.nethook import capture
     from editharm.requests import EditRequest

@@ -55,7 +55,7 @@ from editharm.io import write_json  # noqa: E402
 from editharm.methods import rome  # noqa: E402
 from editharm.methods.base import EditContext  # noqa: E402
 from editharm.methods.covariance import collect_second_moments  # noqa: E402
-from editharm.methods.values import context_templates, subject_keys  # noqa: E402
+from editharm.methods.prompts import context_templates, subject_keys  # noqa: E402
 from editharm.regularize import parse_regulariser  # noqa: E402
 from editharm.updates import apply_weight_update  # noqa: E402
 

@@ -9,7 +9,7 @@ import torch
 
 from editharm.methods import alphaedit, load_hparams, load_method
 from editharm.methods.base import EditContext
-from editharm.methods.values import subject_keys
+from editharm.methods.prompts import subject_keys
 from editharm.models import layout_for, random_model
 from editharm.nethook import capture
 from editharm.regularize import parse_regulariser

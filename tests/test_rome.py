@@ -12,7 +12,7 @@ from editharm.methods import load_hparams, load_method
 from editharm.methods import rome
 from editharm.methods.base import EditContext, WeightUpdate
 from editharm.methods.covariance import collect_second_moments
-from editharm.methods.values import fill, tokenize_at_subject
+from editharm.methods.prompts import fill, tokenize_at_subject
 from editharm.nethook import capture
 from editharm.models import layout_for, random_model
 from editharm.requests import EditRequest

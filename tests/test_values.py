@@ -1,22 +1,15 @@
-"""The shared value optimisation: the cached fast path computes exactly the naive loss."""
+"""The shared value optimisation: the cached fast path computes exactly the naive loss; the shared hyperparameters."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
-from editharm.methods.base import EditContext
-from editharm.methods.values import (
-    ValueProblem,
-    ValueSettings,
-    context_templates,
-    fill,
-    generate_context_templates,
-    optimize_values,
-    subject_keys,
-    target_ids,
-    tokenize_at_subject,
-)
+from editharm.methods import alphaedit, memit, pmet, rome
+from editharm.methods.prompts import subject_keys
+from editharm.methods.values import ValueHparams, ValueProblem, ValueSettings, optimize_values
 from editharm.models import layout_for, random_model
 from editharm.requests import EditRequest
 
@@ -31,27 +24,6 @@ REQUESTS = [
 def tiny(request):
     model, tok = random_model(request.param, seed=0, hidden=32, layers=3, heads=4)
     return model, tok, layout_for(model)
-
-
-def test_fill_marks_the_subject():
-    text, a, b = fill("Ctx. {}", "The capital of {} is", "France")
-    assert text == "Ctx. The capital of France is"
-    assert text[a:b] == "France"
-
-
-def test_subject_last_token_is_found(tiny):
-    _, tok, _ = tiny
-    text, a, b = fill("Hello. {}", "{} plays the", "Miles Davis")
-    ids, pos = tokenize_at_subject(tok, text, a, b)
-    # Byte-level tokenizer: one token per byte, so the last subject token is the last subject byte.
-    assert pos == b - 1
-    assert tok.decode(ids[: pos + 1]).endswith("Davis")
-
-
-def test_target_ids_follow_the_prompt(tiny):
-    _, tok, _ = tiny
-    ids = target_ids(tok, "The capital of France is", "Paris")
-    assert tok.decode(ids) == " Paris"
 
 
 @pytest.mark.parametrize("sites", [("mlp",), ("residual",), ("attn", "mlp")])
@@ -147,18 +119,50 @@ def test_delta_norm_is_clamped(tiny):
     assert float(res.deltas["mlp"][0].norm()) > 0
 
 
-def test_context_templates_are_seeded_and_kept_in_state(tiny):
-    model, tok, layout = tiny
-    a = generate_context_templates(model, tok, [[4, 5]], seed=3)
-    b = generate_context_templates(model, tok, [[4, 5]], seed=3)
-    assert a == b
-    assert a[0] == ["{}"] and len(a[1]) == 5
-    assert all(t.count("{}") == 1 and t.endswith(". {}") for t in a[1])
-    ctx = EditContext(layout=layout, covariance=lambda layer: None, seed=3)
-    first = context_templates(model, tok, ctx, [[4, 5]])
-    assert ctx.state["context_templates"] == first == a
-    ctx.state["context_templates"] = [["{}"], ["kept. {}"]]
-    assert context_templates(model, tok, ctx, [[4, 5]]) == [["{}"], ["kept. {}"]]
+# ------------------------------------------------------------------ the shared hyperparameters
+
+_VALUE_KEYS = {"v_num_grad_steps", "v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor"}
+# Each method's YAML keys: (required, {optional: default}), as they were before ValueHparams
+# was factored out; a config that loaded then must load now with the same values.
+_KEYS = {
+    rome: ({"layer", "mom2_adjustment"} | _VALUE_KEYS,
+           {"context_template_length_params": [[5, 10], [10, 10]], "fact_token": "subject_last"}),
+    memit: ({"layers", "mom2_adjustment", "mom2_update_weight"} | _VALUE_KEYS,
+            {"context_template_length_params": [[10, 5]], "fact_token": "subject_last"}),
+    pmet: ({"layers", "mom2_adjustment", "mom2_update_weight"} | _VALUE_KEYS,
+           {"nll_loss_factor": 1.0, "context_template_length_params": [[10, 5]], "fact_token": "subject_last"}),
+    alphaedit: ({"layers", "nullspace_threshold", "L2"} | _VALUE_KEYS,
+                {"context_template_length_params": [[10, 5]], "fact_token": "subject_last"}),
+}
+_OWN = {rome: {"layer": 3, "mom2_adjustment": True}, memit: {"layers": [1, 2], "mom2_adjustment": True, "mom2_update_weight": 9.0},
+        pmet: {"layers": [1, 2], "mom2_adjustment": True, "mom2_update_weight": 9.0},
+        alphaedit: {"layers": [1, 2], "nullspace_threshold": 0.02, "L2": 10.0}}
+_VALUES = {"v_num_grad_steps": 7, "v_lr": 0.25, "v_weight_decay": 0.125, "clamp_norm_factor": 3.0, "kl_factor": 0.5}
+
+
+@pytest.mark.parametrize("method", list(_KEYS), ids=lambda m: m.NAME)
+def test_value_methods_keep_their_yaml_keys_and_defaults(method):
+    required, optional = _KEYS[method]
+    fields = {f.name: f for f in dataclasses.fields(method.Hparams)}
+    assert issubclass(method.Hparams, ValueHparams)
+    assert set(fields) == required | set(optional)
+    assert {n for n, f in fields.items()
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING} == required
+    hp = method.Hparams(**_OWN[method], **_VALUES)
+    assert {n: getattr(hp, n) for n in optional} == optional
+    assert method.Hparams(**_OWN[method], **_VALUES).context_template_length_params is not hp.context_template_length_params
+
+
+@pytest.mark.parametrize("method", list(_KEYS), ids=lambda m: m.NAME)
+def test_value_settings_come_from_the_hparams(method):
+    hp = method.Hparams(**_OWN[method], **_VALUES, **({"nll_loss_factor": 0.75} if method is pmet else {}))
+    plain = ValueSettings(num_steps=7, lr=0.25, weight_decay=0.125, clamp_norm_factor=3.0, kl_factor=0.5)
+    if method is pmet:
+        # PMET's released code: its own NLL weight, relaxed once every target token is the argmax.
+        assert hp.value_settings() == ValueSettings(num_steps=7, lr=0.25, weight_decay=0.125, clamp_norm_factor=3.0,
+                                                    kl_factor=0.5, nll_factor=0.75, relax_when_argmax=True)
+    else:
+        assert hp.value_settings() == plain
 
 
 # ------------------------------------------------------------------ an independent reference of the loss

@@ -380,7 +380,7 @@ class Editor:
         length_params = getattr(self.hparams, "context_template_length_params", None)
         t0 = time.perf_counter()
         if length_params is not None:
-            from editharm.methods.values import context_templates
+            from editharm.methods.prompts import context_templates
 
             templates = context_templates(self.model, self.tokenizer, self.context, length_params)
             timings["context_templates_seconds"] = time.perf_counter() - t0

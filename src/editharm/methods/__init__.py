@@ -19,7 +19,7 @@ import yaml
 
 from editharm.hparam_ranges import layer_problems, range_problem, spec_for
 
-_SHARED_MODULES = {"base", "covariance", "values"}
+_SHARED_MODULES = {"base", "covariance", "prompts", "values"}
 _REQUIRED = ("NAME", "Hparams", "SUPPORTS_BATCH", "EDITS_WEIGHTS", "apply")
 
 

@@ -19,13 +19,14 @@ pipeline has written each edit's update, regularised or not).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from editharm.methods.base import EditContext, WeightUpdate
 from editharm.methods.memit import MassEdit, check_layers, spread_layers, value_info
-from editharm.methods.values import ValueProblem, ValueSettings, context_templates, optimize_values, subject_keys
+from editharm.methods.prompts import context_templates, subject_keys
+from editharm.methods.values import ValueHparams, ValueProblem, optimize_values
 from editharm.requests import EditRequest
 
 NAME = "alphaedit"
@@ -33,27 +34,17 @@ SUPPORTS_BATCH = True
 EDITS_WEIGHTS = True
 
 
-@dataclass
-class Hparams:
+@dataclass(kw_only=True)
+class Hparams(ValueHparams):
+    """AlphaEdit's own hyperparameters; those of the value optimisation (v_*, kl_factor, ...) come from ValueHparams."""
+
     layers: list[int]
-    v_num_grad_steps: int
-    v_lr: float
-    v_weight_decay: float
-    clamp_norm_factor: float
-    kl_factor: float
     nullspace_threshold: float
     L2: float
-    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
-    fact_token: str = "subject_last"
 
 
 def stats_layers(hparams: Hparams, layout) -> list[int]:
     return sorted(set(hparams.layers))
-
-
-def value_settings(hparams: Hparams) -> ValueSettings:
-    return ValueSettings(num_steps=hparams.v_num_grad_steps, lr=hparams.v_lr, weight_decay=hparams.v_weight_decay,
-                         clamp_norm_factor=hparams.clamp_norm_factor, kl_factor=hparams.kl_factor)
 
 
 def null_space_projection(second_moment: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -97,7 +88,7 @@ def compute_alphaedit(model, tokenizer, requests: list[EditRequest], hparams: Hp
     flat = [t for g in groups for t in g]
     z_layer = layers[-1]
     problem = ValueProblem(model, tokenizer, layout, requests, z_layer, flat, sites=("residual",))
-    result = optimize_values(problem, value_settings(hparams))
+    result = optimize_values(problem, hparams.value_settings())
     targets = result.values["residual"]
 
     def solve(layer, keys, residuals):

@@ -19,7 +19,7 @@ import torch
 
 from editharm import nethook
 from editharm.io import atomic_path
-from editharm.methods.values import right_pad
+from editharm.methods.prompts import right_pad
 
 _TENSOR_KEY = "mom2"
 _META_KEY = "editharm"

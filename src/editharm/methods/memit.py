@@ -20,23 +20,15 @@ PMET and AlphaEdit reuse this loop with their own targets, spread and solve.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
 
 from editharm import nethook
 from editharm.methods.base import EditContext, WeightUpdate
-from editharm.methods.values import (
-    ValueProblem,
-    ValueSettings,
-    context_templates,
-    fill,
-    optimize_values,
-    subject_keys,
-    tokenize_at_subject,
-    _pad,
-)
+from editharm.methods.prompts import context_templates, fill, pad_rows, subject_keys, tokenize_at_subject
+from editharm.methods.values import ValueHparams, ValueProblem, optimize_values
 from editharm.requests import EditRequest
 
 NAME = "memit"
@@ -44,29 +36,18 @@ SUPPORTS_BATCH = True
 EDITS_WEIGHTS = True
 
 
-@dataclass
-class Hparams:
+@dataclass(kw_only=True)
+class Hparams(ValueHparams):
+    """MEMIT's own hyperparameters; those of the value optimisation (v_*, kl_factor, ...) come from ValueHparams."""
+
     layers: list[int]
-    v_num_grad_steps: int
-    v_lr: float
-    v_weight_decay: float
-    clamp_norm_factor: float
-    kl_factor: float
     mom2_adjustment: bool
     mom2_update_weight: float
-    # MEMIT's templates: "{}" plus 5 model-generated prefixes of 10 tokens.
-    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
-    fact_token: str = "subject_last"
 
 
 def stats_layers(hparams, layout) -> list[int]:
     """Every edited layer needs its key second moment (when mom2_adjustment is on)."""
     return sorted(set(hparams.layers)) if getattr(hparams, "mom2_adjustment", True) else []
-
-
-def value_settings(hparams) -> ValueSettings:
-    return ValueSettings(num_steps=hparams.v_num_grad_steps, lr=hparams.v_lr, weight_decay=hparams.v_weight_decay,
-                         clamp_norm_factor=hparams.clamp_norm_factor, kl_factor=hparams.kl_factor)
 
 
 # ------------------------------------------------------------------ pure math
@@ -124,7 +105,7 @@ def plain_outputs(model, tokenizer, layout, requests: Sequence[EditRequest], mod
         rows.append(ids[:pos + 1])
         last.append(pos)
     device = next(model.parameters()).device
-    ids = _pad(rows, 0).to(device)
+    ids = pad_rows(rows, 0).to(device)
     with nethook.capture(model, [module], stop_after=module) as rec:
         nethook.run_until_stopped(lambda: model(input_ids=ids, use_cache=False))
     return rec[module].output[torch.arange(len(rows), device=device), torch.tensor(last, device=device)].float()
@@ -231,7 +212,7 @@ def compute_memit(model, tokenizer, requests: Sequence[EditRequest], hparams: Hp
     flat = [t for g in groups for t in g]
     z_layer = layers[-1]
     problem = ValueProblem(model, tokenizer, layout, requests, z_layer, flat, sites=("residual",))
-    result = optimize_values(problem, value_settings(hparams))
+    result = optimize_values(problem, hparams.value_settings())
     targets = result.values["residual"]
 
     def solve(layer, keys, residuals):

@@ -15,12 +15,13 @@ when, at that point, the weighted KL term is at most 0.01.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 from editharm.methods.base import EditContext, WeightUpdate
 from editharm.methods.memit import MassEdit, check_layers, memit_update, spread_layers, value_info
 from editharm.methods.memit import stats_layers  # noqa: F401  (same statistics as MEMIT)
-from editharm.methods.values import ValueProblem, ValueSettings, context_templates, optimize_values
+from editharm.methods.prompts import context_templates
+from editharm.methods.values import ValueHparams, ValueProblem, ValueSettings, optimize_values
 from editharm.requests import EditRequest
 
 NAME = "pmet"
@@ -28,25 +29,18 @@ SUPPORTS_BATCH = True
 EDITS_WEIGHTS = True
 
 
-@dataclass
-class Hparams:
+@dataclass(kw_only=True)
+class Hparams(ValueHparams):
+    """PMET's own hyperparameters; those of the value optimisation (v_*, kl_factor, ...) come from ValueHparams."""
+
     layers: list[int]
-    v_num_grad_steps: int
-    v_lr: float
-    v_weight_decay: float
-    clamp_norm_factor: float
-    kl_factor: float
     mom2_adjustment: bool
     mom2_update_weight: float
     nll_loss_factor: float = 1.0
-    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
-    fact_token: str = "subject_last"
 
-
-def value_settings(hparams: Hparams) -> ValueSettings:
-    return ValueSettings(num_steps=hparams.v_num_grad_steps, lr=hparams.v_lr, weight_decay=hparams.v_weight_decay,
-                         clamp_norm_factor=hparams.clamp_norm_factor, kl_factor=hparams.kl_factor,
-                         nll_factor=hparams.nll_loss_factor, relax_when_argmax=True)
+    def value_settings(self) -> ValueSettings:
+        """The shared settings plus PMET's NLL weight, relaxed once every target token is the argmax."""
+        return replace(super().value_settings(), nll_factor=self.nll_loss_factor, relax_when_argmax=True)
 
 
 def compute_pmet(model, tokenizer, requests: list[EditRequest], hparams: Hparams, context: EditContext) -> MassEdit:
@@ -58,7 +52,7 @@ def compute_pmet(model, tokenizer, requests: list[EditRequest], hparams: Hparams
     flat = [t for g in groups for t in g]
     z_layer = layers[-1]
     problem = ValueProblem(model, tokenizer, layout, requests, z_layer, flat, sites=("attn", "mlp"))
-    result = optimize_values(problem, value_settings(hparams))
+    result = optimize_values(problem, hparams.value_settings())
     targets = result.values["mlp"]
 
     def solve(layer, keys, residuals):

@@ -28,7 +28,8 @@ from typing import Callable
 import torch
 
 from editharm.methods.base import EditContext, WeightUpdate
-from editharm.methods.values import ValueProblem, ValueSettings, context_templates, optimize_values
+from editharm.methods.prompts import context_templates
+from editharm.methods.values import ValueHparams, ValueProblem, optimize_values
 from editharm.requests import EditRequest
 
 NAME = "rome"
@@ -36,28 +37,19 @@ SUPPORTS_BATCH = False
 EDITS_WEIGHTS = True
 
 
-@dataclass
-class Hparams:
+@dataclass(kw_only=True)
+class Hparams(ValueHparams):
+    """ROME's own hyperparameters; those of the value optimisation (v_*, kl_factor, ...) come from ValueHparams."""
+
     layer: int
-    v_num_grad_steps: int
-    v_lr: float
-    v_weight_decay: float
-    clamp_norm_factor: float
-    kl_factor: float
     mom2_adjustment: bool
-    # [length in tokens, number of templates] per group, as ROME's context_template_length_params.
+    # ROME's templates: "{}" plus 10 prefixes of 5 tokens and 10 of 10.
     context_template_length_params: list[list[int]] = field(default_factory=lambda: [[5, 10], [10, 10]])
-    fact_token: str = "subject_last"
 
 
 def stats_layers(hparams: Hparams, layout) -> list[int]:
     """Layers whose key second moment ROME needs: its edited layer, when mom2_adjustment is on."""
     return [hparams.layer] if hparams.mom2_adjustment else []
-
-
-def value_settings(hparams: Hparams) -> ValueSettings:
-    return ValueSettings(num_steps=hparams.v_num_grad_steps, lr=hparams.v_lr, weight_decay=hparams.v_weight_decay,
-                         clamp_norm_factor=hparams.clamp_norm_factor, kl_factor=hparams.kl_factor)
 
 
 def left_vector(key: torch.Tensor, solve_second_moment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
@@ -111,7 +103,7 @@ def compute_rome(model, tokenizer, request: EditRequest, hparams: Hparams, conte
     # k* comes out of the same unedited pass as the value problem: the context-prefixed
     # prompts are the same, and tokens after the subject do not change its key.
     problem = ValueProblem(model, tokenizer, layout, [request], layer, templates, sites=("mlp",))
-    result = optimize_values(problem, value_settings(hparams))
+    result = optimize_values(problem, hparams.value_settings())
     key, plain_key, value = problem.keys[0], problem.plain_keys[0], result.values["mlp"][0]
     name = layout.down_weight_name(layer)
     weight = layout.linear_weight(model.get_parameter(name).detach())

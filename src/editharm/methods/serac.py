@@ -45,7 +45,7 @@ from torch import nn
 from tqdm import tqdm
 
 from editharm.methods.base import EditContext, StateUpdate
-from editharm.methods.values import right_pad
+from editharm.methods.prompts import right_pad
 from editharm.requests import EditRequest
 
 NAME = "serac"

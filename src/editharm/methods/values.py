@@ -1,19 +1,20 @@
-"""The target-value optimisation shared by ROME, MEMIT and PMET, and the prompts it runs on.
+"""The target-value optimisation of ROME, MEMIT, PMET and AlphaEdit (ROME's eq. 4).
 
 ROME (Meng et al. 2022, eq. 4) finds the value v* that makes the model say the new
 object: a vector delta is added to an output at the subject's last token of several
-context-prefixed prompts and optimised with Adam against
+context-prefixed prompts (prompts.py) and optimised with Adam against
 
     NLL(target_new | prompt)  averaged over context templates
   + kl_factor * KL(edited || original) on "{subject} is a" at the subject's last token
   + weight_decay * ||delta|| / ||v||^2,
 
 with ||delta|| clamped to clamp_norm_factor * ||v|| and an early stop once the loss is
-below 5e-2. MEMIT optimises the residual stream of its last edited layer the same
-way, PMET the attention and MLP outputs together. `ValueProblem` holds one batch of
-requests, so MEMIT optimises all of its z vectors in one batched pass; each request
-keeps its own loss, early stop and Adam state, so a batch gives the same vectors as
-optimising the requests one after another.
+below 5e-2. MEMIT and AlphaEdit optimise the residual stream of their last edited
+layer the same way, PMET the attention and MLP outputs together. `ValueProblem` holds
+one batch of requests, so MEMIT optimises all of its z vectors in one batched pass;
+each request keeps its own loss, early stop and Adam state, so a batch gives the same
+vectors as optimising the requests one after another. `ValueHparams` holds the
+hyperparameters of this optimisation that the four methods share (their YAML keys).
 
 Speed. Everything that does not change between optimisation steps is computed once:
 tokenisation, the unedited activations, and - since attention is causal and delta
@@ -29,207 +30,24 @@ from __future__ import annotations
 
 import contextlib
 import math
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
 from editharm import nethook
+from editharm.methods.prompts import fill, length_buckets, pad_rows, target_ids, tokenize_at_subject
 from editharm.requests import EditRequest
 
 SITES = ("mlp", "residual", "attn")
 KL_PROMPT = "{} is a"
-SEED_WORDS = ("The", "Therefore", "Because", "I", "You")
 
 
-# ------------------------------------------------------------------ prompts and tokens
-
-def fill(template: str, prompt: str, subject: str) -> tuple[str, int, int]:
-    """Put `prompt` into a context template and `subject` into the prompt.
-
-    Returns the text and the subject's character span. Plain replacement rather than
-    str.format, so braces elsewhere in a prompt do no harm.
-    """
-    outer = template.replace("{}", prompt, 1)
-    start = template.index("{}") + prompt.index("{}")
-    text = outer[:start] + subject + outer[start + 2:]
-    return text, start, start + len(subject)
-
-
-def tokenize_at_subject(tokenizer, text: str, start: int, end: int) -> tuple[list[int], int]:
-    """Token ids of `text` and the index of the last token overlapping the subject span."""
-    if end <= start:
-        raise ValueError(f"empty subject in prompt {text!r}")
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, return_offsets_mapping=True)
-        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
-        hits = [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
-        if hits:
-            return ids, hits[-1]
-    else:
-        ids = list(tokenizer(text)["input_ids"])
-    # Slow tokenizers (no offsets): ROME's rule, the length of the text up to the subject's end.
-    return ids, len(tokenizer(text[:end])["input_ids"]) - 1
-
-
-def target_ids(tokenizer, prompt_text: str, target: str) -> list[int]:
-    """Token ids of the answer as the model would read it right after the prompt.
-
-    The answer follows the prompt after one space (ROME prepends " "). Tokenising the
-    whole sentence and removing the prompt's tokens keeps tokenizers that treat a
-    leading space specially (SentencePiece) from adding a stray space token.
-    """
-    answer = target if target.startswith(" ") else " " + target
-    prompt = list(tokenizer(prompt_text)["input_ids"])
-    whole = list(tokenizer(prompt_text + answer)["input_ids"])
-    if len(whole) > len(prompt) and whole[:len(prompt)] == prompt:
-        ids = whole[len(prompt):]
-        if tokenizer.eos_token_id is not None and ids and ids[-1] == tokenizer.eos_token_id and not answer.endswith(tokenizer.eos_token or "\0"):
-            ids = ids[:-1]
-        if ids:
-            return ids
-    ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
-    if not ids:
-        raise ValueError(f"target {target!r} tokenises to nothing")
-    return ids
-
-
-# ------------------------------------------------------------------ context templates
-
-def generate_context_templates(model, tokenizer, length_params: Sequence[Sequence[int]], seed: int = 0,
-                               seed_words: Sequence[str] = SEED_WORDS, top_k: int = 5) -> list[list[str]]:
-    """ROME's context templates: ["{}"] then, per (length, count), `count` sampled prefixes + ". {}".
-
-    Each prefix is `length` tokens long including its seed word, sampled top-k from the
-    model itself; count/len(seed_words) prefixes start with each seed word (as in
-    EasyEdit/MEMIT, since an instruct model's BOS token starts chat turns, not prose).
-    Seeded, so the same model and seed give the same templates.
-    """
-    device = next(model.parameters()).device
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    groups: list[list[str]] = [["{}"]]
-    for length, count in length_params:
-        per_word = max(1, int(count) // len(seed_words))
-        group = []
-        for word in seed_words:
-            ids = torch.tensor([tokenizer(word)["input_ids"]] * per_word, device=device)
-            ids = _sample(model, ids, int(length), gen, top_k)
-            for row in ids.tolist():
-                text = unicodedata.normalize("NFKD", tokenizer.decode(row, skip_special_tokens=True))
-                text = " ".join(text.replace("{", " ").replace("}", " ").split())
-                group.append(text + ". {}")
-        groups.append(group)
-    return groups
-
-
-@torch.no_grad()
-def _sample(model, ids: torch.Tensor, length: int, gen: torch.Generator, top_k: int) -> torch.Tensor:
-    past = None
-    step_ids = ids
-    while ids.shape[1] < length:
-        out = model(input_ids=step_ids, past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        probs = torch.softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
-        top = torch.topk(probs, min(top_k, probs.shape[-1]), dim=-1)
-        choice = torch.multinomial(top.values / top.values.sum(-1, keepdim=True), 1, generator=gen)
-        step_ids = top.indices.gather(1, choice).to(ids.device)
-        ids = torch.cat([ids, step_ids], dim=1)
-    return ids
-
-
-def context_templates(model, tokenizer, context, length_params: Sequence[Sequence[int]]) -> list[list[str]]:
-    """The method's context templates, generated once and kept in context.state for later edits."""
-    params = [[int(a), int(b)] for a, b in length_params]
-    state = context.state
-    if state.get("context_templates") is None or state.get("context_template_params") != params:
-        state["context_templates"] = generate_context_templates(model, tokenizer, params, seed=context.seed)
-        state["context_template_params"] = params
-    return state["context_templates"]
-
-
-# ------------------------------------------------------------------ keys
-
-@torch.no_grad()
-def subject_keys(model, tokenizer, layout, requests: Sequence[EditRequest], layers: Sequence[int],
-                 template_groups: Sequence[Sequence[str]], group_mean: bool = False) -> dict[int, torch.Tensor]:
-    """Mean mlp_down input at the subject's last token over the context templates: {layer: [R, d_ff]}.
-
-    group_mean=False averages all templates alike (ROME); True averages within each
-    group of templates first and then over groups (MEMIT's compute_ks).
-    """
-    flat = [(g, t) for g, group in enumerate(template_groups) for t in group]
-    rows, where = [], []
-    for r, req in enumerate(requests):
-        for g, t in flat:
-            text, a, b = fill(t, req.prompt, req.subject)
-            ids, pos = tokenize_at_subject(tokenizer, text, a, b)
-            rows.append(ids[:pos + 1])  # later tokens cannot change this position (causal)
-            where.append((r, g))
-    names = {l: layout.mlp_down.format(l) for l in layers}
-    keys = {l: [] for l in layers}
-    device = next(model.parameters()).device
-    for chunk in range(0, len(rows), 64):
-        batch = rows[chunk:chunk + 64]
-        ids = _pad(batch, 0).to(device)
-        last = torch.tensor([len(r) - 1 for r in batch], device=device)
-        with nethook.capture(model, list(names.values()), inputs=True, outputs=False,
-                             stop_after=names[max(layers)]) as rec:
-            nethook.run_until_stopped(lambda: model(input_ids=ids, use_cache=False))
-        for l, name in names.items():
-            keys[l].append(rec[name].input[torch.arange(len(batch), device=device), last].float())
-    result = {}
-    n_groups = len(template_groups)
-    for l in layers:
-        k = torch.cat(keys[l])  # [R * n_templates, d_ff]
-        out = torch.zeros(len(requests), k.shape[1], dtype=k.dtype, device=k.device)
-        if group_mean:
-            for i, (r, g) in enumerate(where):
-                out[r] += k[i] / (len(template_groups[g]) * n_groups)
-        else:
-            for i, (r, _) in enumerate(where):
-                out[r] += k[i] / len(flat)
-        result[l] = out
-    return result
-
-
-def _buckets(lengths: Sequence[int], slack: float = 1.15, max_rows: int = 64) -> list[list[int]]:
-    """Row indices grouped by length so that padding adds at most ~15% work per group."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    groups: list[list[int]] = []
-    total = 0
-    for i in order:
-        g = groups[-1] if groups else None
-        if g and len(g) < max_rows and (len(g) + 1) * lengths[g[0]] <= slack * (total + lengths[i]):
-            g.append(i)
-            total += lengths[i]
-        else:
-            groups.append([i])
-            total = lengths[i]
-    return groups
-
-
-def _pad(rows: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
-    out = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-    return out
-
-
-def right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-id rows as one right-padded batch, with the boolean mask of real tokens."""
-    ids = _pad(rows, pad)
-    real = torch.zeros(ids.shape, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        real[i, :len(r)] = True
-    return ids, real
-
-
-# ------------------------------------------------------------------ the optimisation problem
+# ------------------------------------------------------------------ settings
 
 @dataclass(frozen=True)
 class ValueSettings:
-    """Optimiser settings (the v_* hyperparameters of ROME/MEMIT/PMET)."""
+    """Optimiser settings (the v_* hyperparameters of ROME/MEMIT/PMET/AlphaEdit)."""
 
     num_steps: int
     lr: float
@@ -242,6 +60,32 @@ class ValueSettings:
     # and stop when the (weighted) KL term is at most 0.01.
     relax_when_argmax: bool = False
 
+
+@dataclass(kw_only=True)
+class ValueHparams:
+    """The hyperparameters (YAML keys) of the value optimisation, shared by ROME, MEMIT, PMET and AlphaEdit.
+
+    Each of those methods' Hparams subclasses this and adds its own fields. Keyword-only,
+    so that a subclass may add fields without a default after these defaulted ones.
+    """
+
+    v_num_grad_steps: int
+    v_lr: float
+    v_weight_decay: float
+    clamp_norm_factor: float
+    kl_factor: float
+    # [length in tokens, number of templates] per group, as ROME's context_template_length_params;
+    # this default is MEMIT's: "{}" plus 5 model-generated prefixes of 10 tokens.
+    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
+    fact_token: str = "subject_last"
+
+    def value_settings(self) -> ValueSettings:
+        """The optimiser settings these hyperparameters give."""
+        return ValueSettings(num_steps=self.v_num_grad_steps, lr=self.v_lr, weight_decay=self.v_weight_decay,
+                             clamp_norm_factor=self.clamp_norm_factor, kl_factor=self.kl_factor)
+
+
+# ------------------------------------------------------------------ the optimisation problem
 
 @dataclass
 class LossTerms:
@@ -370,9 +214,9 @@ class ValueProblem:
             self.hidden = None
             kv = {}
         # Rows of similar length share a forward pass, so little time goes into padding.
-        for bucket in _buckets([len(r.ids) for r in rows]):
+        for bucket in length_buckets([len(r.ids) for r in rows]):
             idx = torch.tensor(bucket, device=dev)
-            ids = _pad([rows[i].ids for i in bucket], 0).to(dev)
+            ids = pad_rows([rows[i].ids for i in bucket], 0).to(dev)
             e = edit[idx]
             ar = torch.arange(len(bucket), device=dev)
             with nethook.capture(self.model, names, inputs=True, outputs=True) as rec:
@@ -522,7 +366,7 @@ class ValueProblem:
 
     def _logits_naive(self, deltas, row_ids, req_ids) -> torch.Tensor:
         rows = [self.rows[i] for i in row_ids]
-        ids = _pad([r.ids for r in rows], 0).to(self.device)
+        ids = pad_rows([r.ids for r in rows], 0).to(self.device)
         edit = [r.edit for r in rows]
         row_d = self._row_deltas(deltas, row_ids, req_ids)
         with torch.enable_grad(), contextlib.ExitStack() as stack:
@@ -545,7 +389,7 @@ class ValueProblem:
         lengths = [len(self.rows[i].ids) - self.rows[i].edit for i in row_ids]
         P = self.prefix_len
         buckets = []
-        for local in _buckets(lengths):
+        for local in length_buckets(lengths):
             local = sorted(local)
             idx = torch.tensor([row_ids[i] for i in local], device=self.device)
             s_b = max(lengths[i] for i in local)
