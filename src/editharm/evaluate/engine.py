@@ -24,8 +24,14 @@ Why packing: on SmolLM2-135M (2 shared CPU cores) SST-2 scored this way ran at 1
 raw forward tokens/s (the skipped lm head), 2.9x the examples/s of one padded row per
 choice, and TruthfulQA-style multi-token choices 1.8x faster than running the context
 with a KV cache and expanding the cache across choices (benchmarks/bench_scoring.py).
-The custom mask replaces the model's own, so sliding-window attention (Mistral, Gemma 3)
-is not applied: exact only while a row fits in the window.
+The custom mask replaces the model's own, which would drop the window of sliding-window
+layers (Gemma 3's local layers: a key more than `sliding_window` positions back is hidden).
+On such a model an item whose sequences fit the window is packed as above (the window
+hides nothing there); every other item is scored one choice per row with a plain padding
+mask, from which the model builds its own windowed and full masks. A per-layer-type dict
+of 4D masks would keep the shared context, but wrappers that extend the mask they are
+given (SERAC) take one tensor, and with Gemma-3-270M's 512-token window the configured
+zero-shot tasks almost never reach the fallback.
 
 A collapsed model (NaN or Inf logits) raises NonFiniteLogitsError; run_task turns it into
 a recorded failure for that task instead of a crash of the whole run.
@@ -65,6 +71,22 @@ def model_max_length(model) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def sliding_window(model) -> int | None:
+    """The window of the model's sliding-attention layers, None if every layer sees the whole sequence.
+
+    transformers' rule: on such a layer query position q sees key position k <= q only if
+    k > q - window. A config may name a window no layer uses (layer_types all full).
+    """
+    cfg = model.config
+    window = getattr(cfg, "sliding_window", None)
+    if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
+        return None
+    types = getattr(cfg, "layer_types", None)
+    if types is not None and "sliding_attention" not in types:
+        return None
+    return window
 
 
 def _device(model) -> torch.device:
@@ -144,10 +166,16 @@ class _Unit:
     index: int
     ctx: list[int]
     conts: list[list[int]]
+    first: int = 0  # the item's choice index of conts[0] (an item may be split one choice per unit)
 
     @property
     def length(self) -> int:
         return len(self.ctx) + sum(len(c) - 1 for c in self.conts)
+
+    @property
+    def span(self) -> int:
+        """Positions of the longest choice's own sequence: the distance a sliding window must cover."""
+        return len(self.ctx) + max(len(c) for c in self.conts) - 1
 
     @property
     def n_keep(self) -> int:
@@ -193,17 +221,26 @@ def _batches(units: list[_Unit], batch_size: int, vocab: int) -> Iterator[list[_
 @dataclass
 class PackedBatch:
     input_ids: torch.Tensor     # [B, L]
-    attention_mask: torch.Tensor  # [B, 1, L, L] additive float mask
+    attention_mask: torch.Tensor  # [B, 1, L, L] additive float mask, or [B, L] padding mask (padding_mask=True)
     position_ids: torch.Tensor  # [B, L]
     keep: torch.Tensor          # [B, K] positions whose logits are read
     targets: list[list[list[tuple[int, int]]]]  # per row, per choice: (kept index, token id)
     n_tokens: int               # real (non-pad) input tokens
 
 
-def pack_units(units: Sequence[_Unit], pad_id: int, pad_side: str, dtype: torch.dtype, device) -> PackedBatch:
-    """Padded input ids, the segment attention mask, position ids and read positions."""
+def pack_units(units: Sequence[_Unit], pad_id: int, pad_side: str, dtype: torch.dtype, device,
+               padding_mask: bool = False) -> PackedBatch:
+    """Padded input ids, the segment attention mask, position ids and read positions.
+
+    padding_mask  give a [B, L] mask of real tokens instead of the 4D segment mask, so the
+                  model builds its own causal (and sliding-window) masks; only for units of
+                  one choice, whose segment mask is the plain causal one
+    """
     if pad_side not in ("left", "right"):
         raise ValueError(f"pad_side must be 'left' or 'right', got {pad_side!r}")
+    if padding_mask and any(len(u.conts) > 1 for u in units):
+        raise ValueError("pack_units: a padding mask cannot keep several choices of a row apart; "
+                         "split the items one choice per unit")
     B = len(units)
     L = max(u.length for u in units)
     K = max(u.n_keep for u in units)
@@ -236,6 +273,9 @@ def pack_units(units: Sequence[_Unit], pad_id: int, pad_side: str, dtype: torch.
         keep[b, len(row_keep):] = row_keep[0]  # filler: a real position, read and ignored
         targets.append(row_targets)
         n_tokens += n
+    if padding_mask:
+        return PackedBatch(ids.to(device), (seg >= 0).long().to(device), pos.to(device), keep.to(device), targets,
+                           n_tokens)
     key_seg, query_seg = seg[:, None, :], seg[:, :, None]
     causal = torch.ones((L, L), dtype=torch.bool).tril()
     allowed = causal & (key_seg >= 0) & ((key_seg == 0) | (key_seg == query_seg))
@@ -307,27 +347,44 @@ def score_choices(model, tokenizer, items: Sequence[ChoiceItem], batch_size: int
         ctx, conts = encode_choices(tokenizer, item.context, item.choices)
         units.append(_make_unit(i, ctx, conts, max_len, item.id))
     _add_stat(stats, "tokens_unshared", sum(len(u.ctx) * len(u.conts) + sum(len(c) for c in u.conts) for u in units))
-    units.sort(key=lambda u: u.length, reverse=True)
+    conts_of = {u.index: u.conts for u in units}
+    # (units, padding mask?) groups: packed with the segment mask, or one choice per row with a
+    # padding mask where a sliding window would hide part of a packed row (module docstring)
+    groups = [(units, False)]
+    window = sliding_window(model)
+    if window is not None:
+        alone = [_Unit(u.index, u.ctx, [c], first=k) for u in units if u.span > window for k, c in enumerate(u.conts)]
+        groups = [(alone, True), ([u for u in units if u.span <= window], False)]
     vocab = getattr(model.config, "vocab_size", None) or len(tokenizer)
     device, dtype, pad_id = _device(model), _mask_dtype(model), _pad_id(tokenizer)
-    results: list[ChoiceOutput | None] = [None] * len(items)
+    logprobs: list[list[float]] = [[0.0] * len(it.choices) for it in items]
+    argmaxes: list[list[list[int]]] = [[[] for _ in it.choices] for it in items]
+    pending = [len(it.choices) for it in items]
     with _progress(len(items), "scoring choices", progress) as bar:
-        for batch_units in _batches(units, batch_size, vocab):
-            packed = pack_units(batch_units, pad_id, pad_side, dtype, device)
-            _add_stat(stats, "tokens", packed.n_tokens)
-            logprobs, argmaxes = _score_batch(model, packed)
-            for unit, lp, am in zip(batch_units, logprobs, argmaxes):
-                item = items[unit.index]
-                results[unit.index] = ChoiceOutput(
-                    logprobs=[math.fsum(x) for x in lp],
-                    token_counts=[len(c) for c in unit.conts],
-                    char_counts=[len(c) for c in item.choices],
-                    is_greedy=[a == c for a, c in zip(am, unit.conts)],
-                    token_ids=[list(c) for c in unit.conts] if token_details else [],
-                    argmax_ids=am if token_details else [],
-                )
-            bar.update(len(batch_units))
-    return results  # type: ignore[return-value]
+        for group, padding_mask in groups:
+            group.sort(key=lambda u: u.length, reverse=True)
+            for batch_units in _batches(group, batch_size, vocab):
+                packed = pack_units(batch_units, pad_id, pad_side, dtype, device, padding_mask=padding_mask)
+                _add_stat(stats, "tokens", packed.n_tokens)
+                batch_lp, batch_am = _score_batch(model, packed)
+                for unit, lp, am in zip(batch_units, batch_lp, batch_am):
+                    for k, (choice_lp, choice_am) in enumerate(zip(lp, am), start=unit.first):
+                        logprobs[unit.index][k] = math.fsum(choice_lp)
+                        argmaxes[unit.index][k] = choice_am
+                    pending[unit.index] -= len(unit.conts)
+                    bar.update(int(pending[unit.index] == 0))
+    results = []
+    for i, item in enumerate(items):
+        conts, am = conts_of[i], argmaxes[i]
+        results.append(ChoiceOutput(
+            logprobs=logprobs[i],
+            token_counts=[len(c) for c in conts],
+            char_counts=[len(c) for c in item.choices],
+            is_greedy=[a == c for a, c in zip(am, conts)],
+            token_ids=[list(c) for c in conts] if token_details else [],
+            argmax_ids=am if token_details else [],
+        ))
+    return results
 
 
 # ---------------------------------------------------------------- rolling log-likelihood (perplexity)
@@ -388,10 +445,13 @@ def score_rolling(model, tokenizer, items: Sequence[RollingItem], batch_size: in
     vocab = getattr(model.config, "vocab_size", None) or len(tokenizer)
     device, dtype, pad_id = _device(model), _mask_dtype(model), _pad_id(tokenizer)
     pad_side = getattr(tokenizer, "padding_side", "right") or "right"
+    # Windows are one-choice units: on a sliding-window model a padding mask lets the model
+    # apply its window itself (module docstring); elsewhere the 4D mask, as for choices.
+    padding_mask = sliding_window(model) is not None
     window_lp = [0.0] * len(units)
     with _progress(len(units), "scoring windows", progress) as bar:
         for batch_units in _batches(units, batch_size, vocab):
-            packed = pack_units(batch_units, pad_id, pad_side, dtype, device)
+            packed = pack_units(batch_units, pad_id, pad_side, dtype, device, padding_mask=padding_mask)
             if len({u.length for u in batch_units}) == 1:
                 # one segment per row and no padding: the segment mask is the plain causal one, and
                 # without an explicit mask attention takes its fused kernel: SmolLM2, one 1,823-token
