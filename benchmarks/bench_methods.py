@@ -11,8 +11,9 @@ original weights are put back.
 The key second moments every method needs are computed first, for all their layers in
 one pass over the corpus (timed), and saved in --cov-dir for later runs. Each method
 then runs in its own subprocess, so its peak resident memory (ru_maxrss, model
-included) is its own. Hyperparameters: configs/methods/<method>/llama.yaml unless
---hparams-dir says otherwise. The machine is shared: the load average is printed.
+included) is its own. Hyperparameters: configs/methods/<method>/<family>.yaml, the
+family read from the model folder's config.json (--hparams-dir changes the folder).
+Second moments are cached in --cov-dir by layer and token count: give each model its own. The machine is shared: the load average is printed.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ from bench_rome import corpus_texts, counterfact_requests, success  # noqa: E402
 from editharm.methods import load_hparams, load_method  # noqa: E402
 from editharm.methods.base import EditContext  # noqa: E402
 from editharm.methods.covariance import collect_second_moments, load_second_moment, save_second_moment  # noqa: E402
-from editharm.models import layout_for, load_model  # noqa: E402
+from editharm.models import family_of, layout_for, load_model  # noqa: E402
+from editharm.api import mirror_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MIRROR = ROOT.parent / "shared" / "data"   # the data mirror next to the checkout, as in config.yaml
 
 
 def cov_path(cov_dir: Path, layer: int, tokens: int) -> Path:
@@ -83,11 +84,18 @@ def compare_second_moments(args, layers: list[int]) -> dict:
     return {"threads": torch.get_num_threads(), "runs": runs}
 
 
+def hparams_file(args, method: str) -> Path:
+    """configs/methods/<method>/<family>.yaml for the benchmarked model's family."""
+    from transformers import AutoConfig
+
+    return Path(args.hparams_dir) / method / f"{family_of(AutoConfig.from_pretrained(args.model))}.yaml"
+
+
 def worker(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     method = load_method(args.worker)
-    hp = load_hparams(Path(args.hparams_dir) / args.worker / "llama.yaml", method.Hparams)
+    hp = load_hparams(hparams_file(args, args.worker), method.Hparams)
     model, tokenizer = load_model(args.model, device="cpu")
     layout = layout_for(model)
     layers = method.stats_layers(hp, layout) if hasattr(method, "stats_layers") else []
@@ -139,8 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", nargs="+", default=["memit", "pmet", "alphaedit"])
     ap.add_argument("--model", default=str(ROOT / "cache" / "models" / "smollm2-135m"))
     ap.add_argument("--hparams-dir", default=str(ROOT / "configs" / "methods"))
-    ap.add_argument("--counterfact", default=str(MIRROR / "counterfact" / "counterfact_filtered.json"))
-    ap.add_argument("--corpus", default=str(MIRROR / "wikitext2_tokenized" / "valid.txt"))
+    ap.add_argument("--mirror", help="dataset mirror folder (default: config.yaml's mirror_dir, as the pipeline reads it)")
+    ap.add_argument("--counterfact", help="ROME's CounterFact JSON (default: counterfact/counterfact_filtered.json in the mirror)")
+    ap.add_argument("--corpus", help="tokenised WikiText file (default: wikitext2_tokenized/valid.txt in the mirror)")
     ap.add_argument("--cov-dir", type=Path, default=Path("/tmp/editharm_bench_cov"))
     ap.add_argument("--cov-tokens", type=int, default=20000)
     ap.add_argument("--n", type=int, default=20)
@@ -152,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.counterfact = args.counterfact or str(mirror_file("counterfact/counterfact_filtered.json", args.mirror))
+    args.corpus = args.corpus or str(mirror_file("wikitext2_tokenized/valid.txt", args.mirror))
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -162,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     needed = set()
     for name in args.methods:
         method = load_method(name)
-        hp = load_hparams(Path(args.hparams_dir) / name / "llama.yaml", method.Hparams)
+        hp = load_hparams(hparams_file(args, name), method.Hparams)
         if hasattr(method, "stats_layers"):
             needed |= set(method.stats_layers(hp, None))
     if args.cov_compare:
