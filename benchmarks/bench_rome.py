@@ -38,9 +38,9 @@ from editharm.models import layout_for, load_model
 from editharm.regularize import parse_regulariser
 from editharm.updates import write_update
 from editharm.requests import EditRequest
+from editharm.api import mirror_file
 
 ROOT = Path(__file__).resolve().parents[1]
-MIRROR = ROOT.parent / "shared" / "data"   # the data mirror next to the checkout, as in config.yaml
 
 
 def counterfact_requests(path: str | Path, n: int) -> list[EditRequest]:
@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "cache" / "models" / "smollm2-135m"))
     ap.add_argument("--hparams", default=str(ROOT / "configs/methods/rome/llama.yaml"))
-    ap.add_argument("--counterfact", default=str(MIRROR / "counterfact" / "counterfact_filtered.json"))
-    ap.add_argument("--corpus", default=str(MIRROR / "wikitext2_tokenized" / "valid.txt"))
+    ap.add_argument("--mirror", help="dataset mirror folder (default: config.yaml's mirror_dir, as the pipeline reads it)")
+    ap.add_argument("--counterfact", help="ROME's CounterFact JSON (default: counterfact/counterfact_filtered.json in the mirror)")
+    ap.add_argument("--corpus", help="tokenised WikiText file (default: wikitext2_tokenized/valid.txt in the mirror)")
     ap.add_argument("--cov", help="second-moment file (save_second_moment); computed from --corpus when absent")
     ap.add_argument("--cov-tokens", type=int, default=20000)
     ap.add_argument("--n", type=int, default=20)
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="keep every edit (no restore); report retention of all edits after the last one")
     ap.add_argument("--json", help="write the per-edit rows and the summary to this file")
     args = ap.parse_args(argv)
+    args.counterfact = args.counterfact or str(mirror_file("counterfact/counterfact_filtered.json", args.mirror))
+    args.corpus = args.corpus or str(mirror_file("wikitext2_tokenized/valid.txt", args.mirror))
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -38,8 +38,9 @@ from editharm.requests import EditRequest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_rome import counterfact_requests  # noqa: E402
 
+from editharm.api import mirror_file  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-MIRROR = ROOT.parent / "shared" / "data"   # the data mirror next to the checkout, as in config.yaml
 
 
 @torch.no_grad()
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default=str(ROOT / "cache" / "models" / "smollm2-135m"))
     ap.add_argument("--family", default="llama", help="hparams file name inside configs/methods/<method>/")
     ap.add_argument("--hparams-dir", help="folder holding <family>.yaml (default configs/methods/<method>)")
-    ap.add_argument("--counterfact", default=str(MIRROR / "counterfact" / "counterfact_filtered.json"))
+    ap.add_argument("--mirror", help="dataset mirror folder (default: config.yaml's mirror_dir, as the pipeline reads it)")
+    ap.add_argument("--counterfact", help="ROME's CounterFact JSON (default: counterfact/counterfact_filtered.json in the mirror)")
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--threads", type=int, help="torch threads (1 is often faster on a loaded shared machine)")
     ap.add_argument("--ft-instance", action="store_true", help="edit batch methods one request at a time")
@@ -148,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", help="write the summaries (and per-edit rows) here")
     ap.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.counterfact = args.counterfact or str(mirror_file("counterfact/counterfact_filtered.json", args.mirror))
 
     if args.in_process:
         run_one(args.methods[0], args)

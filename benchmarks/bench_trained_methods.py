@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from editharm.api import mirror_file
 from editharm.editsets import convert_file
 from editharm.methods import load_hparams, load_method
 from editharm.methods import mend
@@ -40,8 +41,6 @@ from editharm.models import layout_for, load_model
 from editharm.requests import EditRequest
 
 ROOT = Path(__file__).resolve().parents[1]
-MIRROR = ROOT.parent / "shared" / "data"   # the data mirror next to the checkout, as in config.yaml
-DATA = ROOT.parent / "shared" / "data"
 
 
 def load_requests(fmt: str, path: Path, n: int | None = None) -> list[EditRequest]:
@@ -157,8 +156,9 @@ def bench_method(name: str, model, tokenizer, train_reqs, edits, work: Path, reu
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "cache" / "models" / "smollm2-135m"))
-    ap.add_argument("--train", default=str(DATA / "zsre" / "zsre_mend_train-1k.json"))
-    ap.add_argument("--counterfact", default=str(DATA / "counterfact" / "counterfact_filtered.json"))
+    ap.add_argument("--mirror", help="dataset mirror folder (default: config.yaml's mirror_dir, as the pipeline reads it)")
+    ap.add_argument("--train", help="zsRE training split, MEND format (default: zsre/zsre_mend_train-1k.json in the mirror)")
+    ap.add_argument("--counterfact", help="ROME's CounterFact JSON (default: counterfact/counterfact_filtered.json in the mirror)")
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--methods", nargs="+", default=["mend", "serac"])
@@ -168,6 +168,8 @@ def main(argv=None) -> None:
     ap.add_argument("--train-n", type=int, help="reduced setting: train on the first N training requests only")
     ap.add_argument("--max-iters", type=int, help="reduced setting: override the hparams' max_iters")
     args = ap.parse_args(argv)
+    args.train = args.train or str(mirror_file("zsre/zsre_mend_train-1k.json", args.mirror))
+    args.counterfact = args.counterfact or str(mirror_file("counterfact/counterfact_filtered.json", args.mirror))
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, "cpu")

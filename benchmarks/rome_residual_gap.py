@@ -20,12 +20,20 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--cov", required=True, help="second-moment file of the edited layer (save_second_moment)")
-    ap.add_argument("--counterfact", default=str(ROOT.parent / "shared" / "data" / "counterfact" / "counterfact_filtered.json"))
+    ap.add_argument("--mirror", help="dataset mirror folder (default: config.yaml's mirror_dir, as the pipeline reads it)")
+    ap.add_argument("--counterfact", help="ROME's CounterFact JSON (default: counterfact/counterfact_filtered.json in the mirror)")
     ap.add_argument("--hparams", default=str(ROOT / "configs" / "methods" / "rome" / "llama.yaml"))
     ap.add_argument("--src", help="an editharm src/ folder to import instead of the installed one")
     ap.add_argument("--n", type=int, default=5)
     args = ap.parse_args(argv)
+    if not args.counterfact:
+        from editharm.api import mirror_file
+
+        args.counterfact = str(mirror_file("counterfact/counterfact_filtered.json", args.mirror))
     if args.src:
+        # The installed editharm just found the mirror; forget it so that the imports below come from --src.
+        for name in [m for m in sys.modules if m == "editharm" or m.startswith("editharm.")]:
+            del sys.modules[name]
         sys.path.insert(0, args.src)
     import torch
 

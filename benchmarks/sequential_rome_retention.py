@@ -58,9 +58,9 @@ from editharm.methods.covariance import collect_second_moments  # noqa: E402
 from editharm.methods.prompts import context_templates, subject_keys  # noqa: E402
 from editharm.regularize import parse_regulariser  # noqa: E402
 from editharm.updates import apply_weight_update  # noqa: E402
+from editharm.api import mirror_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MIRROR = ROOT.parent / "shared" / "data"   # the data mirror next to the checkout, as in config.yaml
 VARIANTS = ("pipeline", "easyedit-code")
 
 
@@ -171,8 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default=str(ROOT / "cache" / "models" / "smollm2-135m"))
     ap.add_argument("--hparams", default=str(ROOT / "configs/methods/rome/llama.yaml"))
     ap.add_argument("--layer", type=int, help="override the hparams layer")
-    ap.add_argument("--counterfact", default=str(MIRROR / "counterfact" / "counterfact_filtered.json"))
-    ap.add_argument("--corpus", default=str(MIRROR / "wikitext2_tokenized" / "valid.txt"))
+    ap.add_argument("--mirror", help="dataset mirror folder (default: config.yaml's mirror_dir, as the pipeline reads it)")
+    ap.add_argument("--counterfact", help="ROME's CounterFact JSON (default: counterfact/counterfact_filtered.json in the mirror)")
+    ap.add_argument("--corpus", help="tokenised WikiText file (default: wikitext2_tokenized/valid.txt in the mirror)")
     ap.add_argument("--cov-tokens", type=int, default=100000)
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--variant", choices=VARIANTS, default="pipeline")
@@ -182,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", help="write the per-edit rows and the key geometry as JSON here")
     args = ap.parse_args(argv)
+    args.counterfact = args.counterfact or str(mirror_file("counterfact/counterfact_filtered.json", args.mirror))
+    args.corpus = args.corpus or str(mirror_file("wikitext2_tokenized/valid.txt", args.mirror))
 
     torch.set_num_threads(args.threads)
     hp, model, tokenizer, layout = rome_setup(args.hparams, args.layer, args.model)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from editharm import api, jobs
+from editharm.checkpoint import base_tensors, load_edited_model
 from editharm.evaluate.editing import edit_metrics, locality_reference
 from editharm.io import DataError, write_jsonl
 from editharm.models import load_model
@@ -60,7 +61,7 @@ def _workflow_edit(tmp_path, model_dir, requests, method, hparams, regulariser, 
                       stats_paths=stats_paths, prev_tensors=None, prev_meta=None, trained_dir=None,
                       out_tensors=str(out / "checkpoint.safetensors"), out_meta=str(out / "checkpoint.json"),
                       out_log=str(out / "edit_log.jsonl"))
-    return jobs.load_edited_model(model_dir, str(out / "checkpoint.safetensors"), str(out / "checkpoint.json"))[0]
+    return load_edited_model(model_dir, str(out / "checkpoint.safetensors"), str(out / "checkpoint.json"))[0]
 
 
 def test_dicts_get_the_style_of_their_kind_and_a_template():
@@ -237,3 +238,27 @@ def test_state_based_edits_are_scored_through_attach_and_zsre_locality_uses_the_
     plain = edit_metrics(base, tok, requests, reference=editor._reference, progress=False)[1]
     assert summary != plain                                      # the codebook changes the answers
     assert all(torch.equal(p, base.get_parameter(n)) for n, p in model.named_parameters())   # no weight changed
+
+
+def test_base_tensors_are_read_from_the_model_folder_without_building_a_model(setup):
+    config, cache = setup
+    folder = api.model_folder("tiny", config=config, cache_dir=cache)
+    name = "model.layers.1.mlp.down_proj.weight"
+    got = base_tensors(folder, [name])
+    assert list(got) == [name] and got[name].dtype == torch.float32
+    assert torch.equal(got[name], load_model(folder)[0].get_parameter(name).float())
+    with pytest.raises(KeyError, match=r"lacks tensors \['model.layers.9.mlp.down_proj.weight'\]"):
+        base_tensors(folder, [name, "model.layers.9.mlp.down_proj.weight"])
+
+
+def test_mirror_is_the_configs_mirror_dir_relative_to_the_config_file(tmp_path):
+    config = tmp_path / "conf" / "config.yaml"
+    config.parent.mkdir()
+    config.write_text("mirror_dir: ../data\n")
+    assert api.mirror_dir(config=config).resolve() == (tmp_path / "data").resolve()
+    assert api.mirror_file("zsre/x.json", config=config).resolve() == (tmp_path / "data" / "zsre" / "x.json").resolve()
+    # An explicit mirror wins over the config's, and no mirror at all is a clear error, not ../shared.
+    assert api.mirror_file("zsre/x.json", tmp_path / "other", config=config) == tmp_path / "other" / "zsre" / "x.json"
+    assert api.mirror_dir(config={}) is None
+    with pytest.raises(ValueError, match="sets no mirror_dir; pass the mirror folder"):
+        api.mirror_file("zsre/x.json", config={})

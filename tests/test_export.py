@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editharm import api, jobs
+from editharm.checkpoint import load_edited_model
 from editharm.export import NotExportableError, export_checkpoint, export_run
 from editharm.io import write_jsonl
 from editharm.models import fetch_model
@@ -56,9 +57,9 @@ def test_exported_folder_loads_with_transformers_and_gives_the_pipeline_logits(w
     assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
     loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    edited, tok = jobs.load_edited_model(str(root / "cache/models/tiny"), str(checkpoint / "checkpoint.safetensors"),
+    edited, tok = load_edited_model(str(root / "cache/models/tiny"), str(checkpoint / "checkpoint.safetensors"),
                                          str(checkpoint / "checkpoint.json"))
-    base, _ = jobs.load_edited_model(str(root / "cache/models/tiny"), None, None)
+    base, _ = load_edited_model(str(root / "cache/models/tiny"), None, None)
     assert torch.equal(_logits(loaded, tokenizer), _logits(edited, tok))
     assert not torch.equal(_logits(base, tok), _logits(edited, tok))   # the export holds the edit, not the base
     manifest = json.loads((folder / "editharm_export.json").read_text())
@@ -115,7 +116,7 @@ def test_lm_eval_hf_backend_reads_the_export(workflow_run, tmp_path):
     lm = HFLM(pretrained=str(folder), device="cpu", batch_size=1, dtype="float32")
     context, continuation = "The mother tongue of Danielle Darrieux is", " English"
     (logprob, _), = lm.loglikelihood([Instance("loglikelihood", {}, (context, continuation), 0)], disable_tqdm=True)
-    edited, tok = jobs.load_edited_model(str(root / "cache/models/tiny"), str(checkpoint / "checkpoint.safetensors"),
+    edited, tok = load_edited_model(str(root / "cache/models/tiny"), str(checkpoint / "checkpoint.safetensors"),
                                          str(checkpoint / "checkpoint.json"))
     ids = tok(context + continuation, return_tensors="pt").input_ids
     n_context = len(tok(context).input_ids)

@@ -1,7 +1,8 @@
-"""Shared by the thin rule scripts: send the library's logging and progress to the rule's log."""
+"""Shared by the thin rule scripts: logging to the rule's log, and the model folder a rule reads."""
 
 import logging
 import sys
+from pathlib import Path
 
 
 def setup(snakemake) -> None:
@@ -10,3 +11,10 @@ def setup(snakemake) -> None:
         sys.stderr = stream
         sys.stdout = stream
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+
+
+def model_dir(snakemake) -> str:
+    """The model folder (plan.Paths.model_dir) of a rule whose `model` input is the folder's
+    manifest (Paths.model_manifest): read from the input, so the job opens exactly what the
+    DAG made it wait for."""
+    return str(Path(snakemake.input.model).parent)

@@ -1,12 +1,12 @@
 from pathlib import Path
 
-from _common import setup
+from _common import model_dir, setup
 setup(snakemake)
 from editharm.jobs import edit_segment
 
 w, i, o, p = snakemake.wildcards, snakemake.input, snakemake.output, snakemake.params
 edit_segment(
-    model_dir=str(Path(i.model).parent), editset=i.editset, n_prev=p.n_prev, n=int(w.n), method_name=w.method,
+    model_dir=model_dir(snakemake), editset=i.editset, n_prev=p.n_prev, n=int(w.n), method_name=w.method,
     module=p.module, hparams_path=i.hparams, regulariser=w.reg, seed=int(w.seed), batch_size=p.batch_size,
     stats_paths={int(k): v for k, v in p.stats.items()},
     prev_tensors=i.get("prev_tensors"), prev_meta=i.get("prev_meta"),

@@ -130,11 +130,11 @@ def model_folder(source: str | os.PathLike | dict, *, config=None, cache_dir=Non
     else:
         raise ValueError(f"model {source!r} is not a folder with config.json, not a model configured under `models:` "
                          f"(configured: {', '.join(configured) or 'none'}) and not a hub id of the form owner/name")
-    manifest = Path(ws.paths.model_manifest(name))
+    folder, manifest = Path(ws.paths.model_dir(name)), Path(ws.paths.model_manifest(name))
     if not manifest.exists():
-        log.info("fetching model %s into %s (once; later calls reuse it)", source, manifest.parent)
+        log.info("fetching model %s into %s (once; later calls reuse it)", source, folder)
         fetch_model(spec, str(manifest))
-    return manifest.parent
+    return folder
 
 
 def load_model(source: str | os.PathLike | dict, *, config=None, cache_dir=None, device=None,
@@ -171,7 +171,7 @@ def requests_from_dicts(rows: Iterable[dict], kind: str) -> list[EditRequest]:
     prompt may be a template with "{}" for the subject or the filled prompt containing
     the subject (its first occurrence becomes "{}", as the dataset converters do).
     """
-    from editharm.editsets import _template, _Unusable
+    from editharm.editsets import UnusableRecord, subject_template
     from editharm.io import DataError
 
     if kind not in STYLES:
@@ -188,8 +188,8 @@ def requests_from_dicts(rows: Iterable[dict], kind: str) -> list[EditRequest]:
         prompt, subject = row.get("prompt"), row.get("subject")
         if isinstance(prompt, str) and isinstance(subject, str) and prompt.count("{}") != 1:
             try:
-                row["prompt"] = _template(prompt, subject)
-            except _Unusable as e:
+                row["prompt"] = subject_template(prompt, subject)
+            except UnusableRecord as e:
                 raise DataError(f"{where}: field 'prompt': {e}; give a template with one '{{}}' for the subject") from None
         row["locality"] = [p if isinstance(p, dict) else dict(zip(("prompt", "target"), p))
                            for p in row.get("locality", ())]
@@ -206,18 +206,35 @@ def requests_from_file(path: str | os.PathLike, format: str | None = None) -> li
     sets each request's metric style. Records the converters cannot edit are skipped
     and logged, as in the workflow.
     """
-    from editharm.editsets import _log_skipped, convert_file, load_requests
+    from editharm.editsets import convert_file, edit_set_formats, load_requests, log_skipped
 
     path = Path(path)
     if path.suffix == ".jsonl" and format is None:
         return load_requests(path)
     if format is None:
-        from editharm.editsets import _CONVERTERS
-
-        raise ValueError(f"{path}: a raw dataset file needs format=, one of {', '.join(sorted(_CONVERTERS))}")
+        raise ValueError(f"{path}: a raw dataset file needs format=, one of {', '.join(edit_set_formats())}")
     conversion = convert_file(format, path)
-    _log_skipped(path, conversion)
+    log_skipped(path, conversion)
     return [EditRequest.from_json(row, where=f"{path}, record {i}") for i, row in enumerate(conversion.rows)]
+
+
+def mirror_dir(*, config=None) -> Path | None:
+    """The dataset mirror that downloads try first: the config's mirror_dir, relative to the config
+    file's folder (None when the config names none). It need not exist: without it every file
+    comes from its canonical source."""
+    ws = workspace(config)
+    return ws.resolve(ws.config.get("mirror_dir"))
+
+
+def mirror_file(relative: str | os.PathLike, mirror: str | os.PathLike | None = None, *, config=None) -> Path:
+    """`relative` inside the dataset mirror: `mirror`, else the config's (mirror_dir), for scripts that
+    read a raw file directly (the benchmarks). Whether it exists is left to the reader, which names
+    the missing path; only a mirror that is not known at all is an error here."""
+    root = Path(mirror).expanduser() if mirror is not None else mirror_dir(config=config)
+    if root is None:
+        raise ValueError(f"no dataset mirror to find {relative} in: the config sets no mirror_dir; pass the mirror "
+                         "folder (a benchmark's --mirror) or the file's own path")
+    return root / relative
 
 
 def prepared_dataset(name: str, *, config=None, cache_dir=None) -> Path:
@@ -234,7 +251,7 @@ def prepared_dataset(name: str, *, config=None, cache_dir=None) -> Path:
     if not prepared.exists():
         manifest = ws.paths.raw_manifest(name)
         if not Path(manifest).exists():
-            mirror = ws.resolve(ws.config.get("mirror_dir"))
+            mirror = mirror_dir(config=ws)
             download_dataset(name, datasets[name], str(mirror) if mirror and mirror.is_dir() else None, manifest)
         prepare_dataset(datasets[name], manifest, str(prepared))
     return prepared
@@ -396,8 +413,7 @@ class Editor:
     def _prepare_covariance(self) -> float:
         from editharm.corpus import iter_texts
         from editharm.io import provenance
-        from editharm.jobs import _covariance_loader
-        from editharm.methods.covariance import collect_second_moments, save_second_moment
+        from editharm.methods.covariance import collect_second_moments, covariance_loader, save_second_moment
 
         layers = self._stats_layers()
         paths = {l: self.ws.paths.layer_stats(self.model_id, self.corpus, self.stats_tokens, l) for l in layers}
@@ -415,7 +431,7 @@ class Editor:
                 save_second_moment(paths[layer], moments[layer],
                                    provenance(layer=layer, tokens=self.stats_tokens, corpus=str(corpus), seconds=seconds,
                                               model=self.model_id))
-        self._covariance_of = _covariance_loader({l: str(p) for l, p in paths.items()})
+        self._covariance_of = covariance_loader({l: str(p) for l, p in paths.items()})
         return time.perf_counter() - t0
 
     def _covariance(self, layer: int) -> torch.Tensor:
@@ -444,9 +460,9 @@ class Editor:
         (the first edit's includes nothing of prepare()), the method's info, the
         regulariser's info and, if asked, the reliability right after the edit.
         """
-        from editharm.jobs import immediate_success as success_of
+        from editharm.evaluate.editing import immediate_success as success_of
         from editharm.methods.base import WeightUpdate
-        from editharm.sequential import _jsonable, _operations, check_finite_info
+        from editharm.sequential import check_finite_info, jsonable, operations
         from editharm.updates import write_update
 
         if isinstance(requests, EditRequest):
@@ -461,7 +477,7 @@ class Editor:
             log.info("prepared before the first edit: %s", ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
         self._reference_for(requests)
         rows = []
-        for batch in _operations(requests, self.batch_size):
+        for batch in operations(requests, self.batch_size):
             edit_index = len(self.edited)
             t0 = time.perf_counter()
             update = self.method.apply(self.model, self.tokenizer, batch, self.hparams, self.context)
@@ -479,7 +495,7 @@ class Editor:
             for j, request in enumerate(batch):
                 rows.append({"edit_index": edit_index + j, "case_id": request.case_id, "seconds": seconds / len(batch),
                              "operation_seconds": seconds, "immediate_success": success[j],
-                             **_jsonable(update.info), "regulariser": reg_info})
+                             **jsonable(update.info), "regulariser": reg_info})
         self.log.extend(rows)
         return rows
 
@@ -553,7 +569,7 @@ class Editor:
         folder) and edit_log.jsonl. `editharm export` and export.export_checkpoint read it."""
         from editharm.checkpoint import save_checkpoint
         from editharm.io import provenance, write_jsonl
-        from editharm.sequential import _current_tensors
+        from editharm.sequential import current_tensors
 
         out = Path(out_dir)
         meta = provenance(edits_total=len(self.edited), edits_in_segment=len(self.edited),
@@ -562,7 +578,7 @@ class Editor:
                           model_dir=getattr(self.model, "editharm_folder", None),
                           case_ids=[r.case_id for r in self.edited])
         write_jsonl(out / "edit_log.jsonl", self.log)
-        save_checkpoint(out / "checkpoint.safetensors", out / "checkpoint.json", _current_tensors(self.model, self._base),
+        save_checkpoint(out / "checkpoint.safetensors", out / "checkpoint.json", current_tensors(self.model, self._base),
                         self.context.state, meta)
         return out
 
@@ -587,7 +603,7 @@ def _model_id(model, ws: Workspace) -> str:
     if not source:
         raise ValueError("cannot tell which model this is (no name_or_path); pass model_id= to name its cached statistics")
     folder = Path(source)
-    if folder.parent.resolve() == (ws.cache_dir / "models").resolve():
+    if folder.resolve() == Path(ws.paths.model_dir(folder.name)).resolve():
         return folder.name
     return f"{folder.name}-{_slug(str(source))}"
 

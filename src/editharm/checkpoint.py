@@ -113,3 +113,47 @@ def write_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> N
         if param.shape != value.shape:
             raise ValueError(f"checkpoint tensor {name} has shape {tuple(value.shape)}, the model's is {tuple(param.shape)}")
         param.copy_(value.to(param.dtype))
+
+
+def load_edited_model(model_dir: str, tensors: str | None, meta: str | None, method_module: str | None = None,
+                      trained_dir: str | None = None):
+    """Base model plus a checkpoint's tensors (bit-exact), wrapped by the method's attach() if it has one.
+
+    How every consumer of a checkpoint (scoring, editing metrics, export) rebuilds the edited
+    model, so all of them measure the same model. tensors=None: the unedited base model.
+    """
+    from editharm.methods import load_method
+    from editharm.methods.base import EditContext
+    from editharm.models import layout_for, load_model
+
+    model, tokenizer = load_model(model_dir)
+    if tensors is None:
+        return model, tokenizer
+    values, state, info = load_checkpoint(tensors, meta)
+    write_tensors(model, values)
+    method = load_method(info["method"], method_module)
+    attach = getattr(method, "attach", None)
+    if attach:
+        hparams = method.Hparams(**info["hparams"])
+        context = EditContext(layout=layout_for(model), covariance=_no_covariance, state=state, seed=info.get("seed", 0),
+                              artifacts={"trained_dir": trained_dir} if trained_dir else {})
+        model = attach(model, tokenizer, state, hparams, context)
+    return model, tokenizer
+
+
+def _no_covariance(layer: int) -> torch.Tensor:
+    raise RuntimeError("covariance statistics are not available when scoring a checkpoint")
+
+
+def base_tensors(model_dir: str | Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """The named tensors of the unedited model (float32), read from its folder's safetensors
+    files alone: comparing a checkpoint with its base needs no model built."""
+    found: dict[str, torch.Tensor] = {}
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in set(names) & set(f.keys()):
+                found[name] = f.get_tensor(name).float()
+    missing = set(names) - set(found)
+    if missing:
+        raise KeyError(f"base model in {model_dir} lacks tensors {sorted(missing)}")
+    return found

@@ -26,13 +26,12 @@ blank line, like the Hugging Face `wikipedia` dumps ROME computed its statistics
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Iterator
 
 from editharm.datasets import register_format
-from editharm.io import DataError
+from editharm.io import DataError, iter_jsonl
 from editharm.sources import SUMS_NAME
 
 _TITLE = re.compile(r"^ = ([^=].*) = $")
@@ -162,19 +161,10 @@ def wikipedia_parquet(raw_dir: Path, spec: dict) -> Iterator[dict]:
 
 def iter_texts(path: str | Path) -> Iterator[str]:
     """The `text` of each row of a prepared corpus (JSONL), streamed; errors name file and line."""
-    path = Path(path)
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); re-run the prepare step.") from e
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise DataError(f"{where}: expected an object with a string field 'text'; re-run the prepare step.")
-            yield row["text"]
+    for where, row in iter_jsonl(path):
+        if not isinstance(row.get("text"), str):
+            raise DataError(f"{where}: expected an object with a string field 'text'; re-run the prepare step.")
+        yield row["text"]
 
 
 def _read_text(path: Path) -> str:

@@ -33,7 +33,6 @@ file, the record index and the field: that is a broken file, not an uneditable f
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from editharm.datasets import register_format
-from editharm.io import DataError, read_json
+from editharm.io import DataError, iter_jsonl, read_json
 from editharm.requests import EditRequest, ProbePrompt
 
 log = logging.getLogger("editharm.editsets")
@@ -112,7 +111,7 @@ def _counterfact_rome(rec: _Record) -> EditRequest:
     target_new = rec.text("str", rec.get("target_new", dict, rw, "requested_rewrite.target_new"), "requested_rewrite.target_new.str")
     target_true = rec.text("str", rec.get("target_true", dict, rw, "requested_rewrite.target_true"), "requested_rewrite.target_true.str")
     if prompt.count("{}") != 1:
-        raise _Unusable(f"prompt {prompt!r} does not have exactly one '{{}}' for the subject")
+        raise UnusableRecord(f"prompt {prompt!r} does not have exactly one '{{}}' for the subject")
     case_id = rec.get("case_id", (int, str))
     target_true = target_true.strip()
     return EditRequest(
@@ -139,7 +138,7 @@ def _counterfact_easyedit(rec: _Record) -> EditRequest:
     return EditRequest(
         case_id=str(rec.get("case_id", (int, str))),
         subject=subject,
-        prompt=_template(filled, subject),
+        prompt=subject_template(filled, subject),
         target_new=rec.text("target_new").strip(),
         target_true=rec.text("ground_truth").strip(),
         paraphrases=(rec.text("rephrase_prompt"),),
@@ -159,7 +158,7 @@ def _zsre_mend(rec: _Record) -> EditRequest:
         # zsRE records carry no id; the position in the file is the stable id (ROME does the same).
         case_id=str(rec.index),
         subject=subject,
-        prompt=_template(src, subject),
+        prompt=subject_template(src, subject),
         target_new=rec.text("alt").strip(),
         target_true=answers[0].strip(),
         paraphrases=(rec.text("rephrase"),),
@@ -169,19 +168,19 @@ def _zsre_mend(rec: _Record) -> EditRequest:
     )
 
 
-class _Unusable(Exception):
+class UnusableRecord(Exception):
     """A well-formed record that ROME-style methods cannot edit (skipped and counted)."""
 
 
-def _template(filled: str, subject: str) -> str:
+def subject_template(filled: str, subject: str) -> str:
     """The prompt with the subject's first occurrence replaced by "{}" (ROME: prompt.replace(subject, "{}"))."""
     if not subject.strip():
-        raise _Unusable("subject is empty")
+        raise UnusableRecord("subject is empty")
     if subject not in filled:
-        raise _Unusable(f"subject {subject!r} does not occur in prompt {filled!r}")
+        raise UnusableRecord(f"subject {subject!r} does not occur in prompt {filled!r}")
     if "{" in filled or "}" in filled:
         # str.format would misread literal braces when methods fill the template.
-        raise _Unusable(f"prompt {filled!r} contains literal braces")
+        raise UnusableRecord(f"prompt {filled!r} contains literal braces")
     # Only the first occurrence: EditRequest needs exactly one "{}", and ROME locates
     # the subject at the first "{}" anyway.
     return filled.replace(subject, "{}", 1)
@@ -194,12 +193,17 @@ _CONVERTERS: dict[str, Callable[[_Record], EditRequest]] = {
 }
 
 
+def edit_set_formats() -> list[str]:
+    """The raw-file formats `convert_file` reads, sorted."""
+    return sorted(_CONVERTERS)
+
+
 def convert_file(format_name: str, path: str | Path) -> Conversion:
     """Convert one raw file of an editing dataset; returns its EditRequest rows and skipped records."""
     try:
         convert = _CONVERTERS[format_name]
     except KeyError:
-        raise ValueError(f"unknown edit-set format {format_name!r}; known: {', '.join(sorted(_CONVERTERS))}") from None
+        raise ValueError(f"unknown edit-set format {format_name!r}; known: {', '.join(edit_set_formats())}") from None
     path = Path(path)
     records = read_json(path)
     if not isinstance(records, list):
@@ -209,7 +213,7 @@ def convert_file(format_name: str, path: str | Path) -> Conversion:
         rec = _Record(path, index, raw)
         try:
             request = convert(rec)
-        except _Unusable as e:
+        except UnusableRecord as e:
             case_id = raw.get("case_id", index)
             result.skipped.append(Skipped(str(path), index, str(case_id), str(e)))
             continue
@@ -221,7 +225,7 @@ def convert_file(format_name: str, path: str | Path) -> Conversion:
     return result
 
 
-def _log_skipped(path: Path, conversion: Conversion) -> None:
+def log_skipped(path: Path, conversion: Conversion) -> None:
     if not conversion.skipped:
         return
     examples = "; ".join(f"record {s.index}: {s.reason}" for s in conversion.skipped[:3])
@@ -237,7 +241,7 @@ def _format(format_name: str) -> Callable[[Path, dict], Iterator[dict]]:
         for raw_name in spec["files"]:
             path = Path(raw_dir) / raw_name
             conversion = convert_file(format_name, path)
-            _log_skipped(path, conversion)
+            log_skipped(path, conversion)
             yield from conversion.rows
 
     normalise.__name__ = format_name
@@ -254,21 +258,7 @@ for _name in _CONVERTERS:
 
 def load_requests(path: str | Path) -> list[EditRequest]:
     """Read prepared EditRequest rows (JSONL); a bad line is a DataError naming file and line."""
-    path = Path(path)
-    requests = []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); re-run the prepare step.") from e
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}; re-run the prepare step.")
-            requests.append(EditRequest.from_json(row, where=where))
-    return requests
+    return [EditRequest.from_json(row, where=where) for where, row in iter_jsonl(path)]
 
 
 def sample_edit_set(rows: list[dict], n: int, seed: int) -> list[dict]:

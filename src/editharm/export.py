@@ -3,7 +3,7 @@
 The folder holds config.json, model.safetensors and the tokenizer files, so
 transformers.AutoModelForCausalLM.from_pretrained, lm-evaluation-harness (`--model hf
 --model_args pretrained=<folder>`) and vLLM load the edited model like any other. The
-model is rebuilt exactly as scoring rebuilds it (jobs.load_edited_model: base model plus
+model is rebuilt exactly as scoring rebuilds it (checkpoint.load_edited_model: base model plus
 the checkpoint's tensors, bit for bit), and saved in the base model's dtype.
 
 GRACE and SERAC keep their edits as method state (a codebook around one layer, a memory
@@ -96,7 +96,7 @@ def save_model_folder(model, tokenizer, out_dir: str | os.PathLike, manifest: di
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *, model_dir: str | os.PathLike | None = None,
                       method_module: str | None = None, overwrite: bool = False) -> Path:
     """Export a checkpoint folder (results/edits/.../n<N>/, or `Editor.save`'s) to out_dir."""
-    from editharm.jobs import load_edited_model
+    from editharm.checkpoint import load_edited_model
 
     tensors, meta_path = checkpoint_files(checkpoint)
     meta = read_json(meta_path)

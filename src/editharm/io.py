@@ -110,25 +110,46 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     return n
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file; a malformed line raises DataError naming file and line."""
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
+    """("<file>, line <n>", row) for each object of a JSONL file, streamed (a corpus may not fit
+    in memory). Blank lines are skipped; a malformed line, a line that is not an object, or a
+    NaN/Infinity (not JSON; `write_jsonl` never writes one, so its presence means a damaged or
+    foreign file) raises DataError naming file and line when the reader reaches it."""
     path = Path(path)
-    rows = []
     with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            where = f"{path}, line {lineno}"
             try:
-                row = json.loads(line)
+                row = json.loads(line, parse_constant=_refuse_constant)
             except json.JSONDecodeError as e:
                 raise DataError(
-                    f"{path}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}). "
+                    f"{where}: not valid JSON ({e.msg} at column {e.colno}). "
                     "Fix or delete that line, or re-run the prepare step to regenerate the file."
                 ) from e
+            except _NonFinite as e:
+                raise DataError(
+                    f"{where}: {e.args[0]} is not a JSON number (NaN/Infinity are not standard JSON, and this "
+                    "workflow never writes them). Fix that line, or re-run the step that wrote the file."
+                ) from None
             if not isinstance(row, dict):
-                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}.")
-            rows.append(row)
-    return rows
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}. "
+                                "Fix that line, or re-run the step that wrote the file.")
+            yield where, row
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Every object of a JSONL file (see `iter_jsonl` for what is refused)."""
+    return [row for _, row in iter_jsonl(path)]
+
+
+class _NonFinite(Exception):
+    """Raised while parsing a line that holds NaN/Infinity; turned into a DataError naming the line."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NonFinite(name)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -84,21 +84,6 @@ def _method_and_hparams(method_name: str, module: str | None, hparams_path: str)
     return method, load_hparams(hparams_path, method.Hparams)
 
 
-def _covariance_loader(stats_paths: dict[int, str]):
-    from editharm.methods.covariance import load_second_moment
-
-    cache: dict[int, torch.Tensor] = {}
-
-    def covariance(layer: int) -> torch.Tensor:
-        if layer not in cache:
-            if layer not in stats_paths:
-                raise KeyError(f"no covariance statistics for layer {layer}; the method's stats_layers() must list it")
-            cache[layer] = load_second_moment(stats_paths[layer])[0]
-        return cache[layer]
-
-    return covariance
-
-
 def train_method(model_dir: str, method_name: str, module: str | None, hparams_path: str, train_data: str,
                  seed: int, out_summary: str, threads: int | None = None) -> None:
     from editharm.editsets import load_requests
@@ -114,22 +99,16 @@ def train_method(model_dir: str, method_name: str, module: str | None, hparams_p
                                        seconds=time.time() - t0, summary=summary))
 
 
-def immediate_success(model, tokenizer, requests) -> list[float]:
-    """Reliability of the requests just edited, measured right after their edit."""
-    from editharm.evaluate.editing import edit_metrics
-
-    rows, _ = edit_metrics(model, tokenizer, requests, kinds=("rewrite",), progress=False)
-    return [row["reliability"] for row in rows]
-
-
 def edit_segment(*, model_dir: str, editset: str, n_prev: int, n: int, method_name: str, module: str | None,
                  hparams_path: str, regulariser: str, seed: int, batch_size: int, stats_paths: dict[int, str],
                  prev_tensors: str | None, prev_meta: str | None, trained_dir: str | None,
                  out_tensors: str, out_meta: str, out_log: str, threads: int | None = None) -> None:
     from editharm.checkpoint import load_checkpoint, write_tensors
     from editharm.editsets import load_requests
+    from editharm.evaluate.editing import immediate_success
     from editharm.io import sha256_file
     from editharm.methods.base import EditContext
+    from editharm.methods.covariance import covariance_loader
     from editharm.models import layout_for, load_model
     from editharm.sequential import SegmentSpec, resume_inputs, run_segment
 
@@ -147,7 +126,7 @@ def edit_segment(*, model_dir: str, editset: str, n_prev: int, n: int, method_na
     if prev_tensors:
         touched, state, _ = load_checkpoint(prev_tensors, prev_meta)
         write_tensors(model, touched)
-    context = EditContext(layout=layout, covariance=_covariance_loader(stats_paths), state=state, seed=seed,
+    context = EditContext(layout=layout, covariance=covariance_loader(stats_paths), state=state, seed=seed,
                           artifacts={"trained_dir": trained_dir} if trained_dir else {})
     attach = getattr(method, "attach", None)
 
@@ -163,33 +142,6 @@ def edit_segment(*, model_dir: str, editset: str, n_prev: int, n: int, method_na
     )
     run_segment(model, tokenizer, method, hparams, context, spec, touched, Path(out_tensors), Path(out_meta), Path(out_log),
                 immediate_success=success)
-
-
-def load_edited_model(model_dir: str, tensors: str | None, meta: str | None, method_module: str | None = None,
-                      trained_dir: str | None = None):
-    """Base model plus a checkpoint's tensors (bit-exact), wrapped by the method's attach() if it has one."""
-    from editharm.checkpoint import load_checkpoint, write_tensors
-    from editharm.methods import load_method
-    from editharm.methods.base import EditContext
-    from editharm.models import layout_for, load_model
-
-    model, tokenizer = load_model(model_dir)
-    if tensors is None:
-        return model, tokenizer
-    values, state, info = load_checkpoint(tensors, meta)
-    write_tensors(model, values)
-    method = load_method(info["method"], method_module)
-    attach = getattr(method, "attach", None)
-    if attach:
-        hparams = method.Hparams(**info["hparams"])
-        context = EditContext(layout=layout_for(model), covariance=_no_covariance, state=state, seed=info.get("seed", 0),
-                              artifacts={"trained_dir": trained_dir} if trained_dir else {})
-        model = attach(model, tokenizer, state, hparams, context)
-    return model, tokenizer
-
-
-def _no_covariance(layer: int) -> torch.Tensor:
-    raise RuntimeError("covariance statistics are not available when scoring a checkpoint")
 
 
 # ------------------------------------------------------------------ measuring
@@ -208,6 +160,7 @@ def locality_reference(model_dir: str, editset: str, n: int, out_path: str, thre
 
 def edit_metrics(*, model_dir: str, editset: str, n: int, tensors: str, meta: str, reference: str, method_module: str | None,
                  trained_dir: str | None, batch_size: int, out_path: str, threads: int | None = None) -> None:
+    from editharm.checkpoint import load_edited_model
     from editharm.editsets import load_requests
     from editharm.evaluate.editing import edit_metrics as metrics
 
@@ -222,14 +175,14 @@ def edit_metrics(*, model_dir: str, editset: str, n: int, tensors: str, meta: st
 
 def weight_stats(*, model_dir: str, tensors: str, thresholds: list[float], quantiles: list[float], heatmap_size: list[int],
                  out_json: str, out_heatmaps: str) -> None:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    from editharm.checkpoint import load_checkpoint
+    from editharm.checkpoint import base_tensors, load_checkpoint
     from editharm.io import atomic_path
     from editharm.weightstats import tensor_stats
 
     values, _, _ = load_checkpoint(tensors, str(Path(tensors).with_suffix(".json")))
-    base = _base_tensors(model_dir, list(values))
+    base = base_tensors(model_dir, list(values))
     t0 = time.time()
     stats, maps = {}, {}
     for name in sorted(values):
@@ -239,24 +192,10 @@ def weight_stats(*, model_dir: str, tensors: str, thresholds: list[float], quant
     write_json(out_json, {"tensors": stats, "provenance": provenance(seconds=time.time() - t0, checkpoint=tensors)})
 
 
-def _base_tensors(model_dir: str, names: list[str]) -> dict[str, torch.Tensor]:
-    """Read only the named tensors of the base model from its safetensors files."""
-    from safetensors import safe_open
-
-    found: dict[str, torch.Tensor] = {}
-    for file in sorted(Path(model_dir).glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            for name in set(names) & set(f.keys()):
-                found[name] = f.get_tensor(name).float()
-    missing = set(names) - set(found)
-    if missing:
-        raise KeyError(f"base model in {model_dir} lacks tensors {sorted(missing)}")
-    return found
-
-
 def score_task(*, model_dir: str, task_name: str, data: str, shots: str | None, n: int | None, task_seed: int,
                tensors: str | None, meta: str | None, method_module: str | None, trained_dir: str | None,
                batch_size: int, out_path: str, threads: int | None = None) -> None:
+    from editharm.checkpoint import load_edited_model
     from editharm.evaluate.engine import run_task
     from editharm.evaluate.tasks import get_task
 

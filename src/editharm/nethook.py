@@ -1,10 +1,11 @@
-"""Forward hooks as context managers: read a module's input/output, or add a vector to its output.
+"""Forward hooks: read a module's input/output, add a vector to its output, or replace it.
 
 Editors need two things from a running model: the activations at a module (the MLP
 keys are the *input* of the down projection, the values its *output*) and the
-ability to perturb an output at chosen token positions. Every hook here is removed
+ability to perturb or replace an output. Every hook here but `replace_output` is removed
 when its `with` block ends, also on error, so a failed edit never leaves a model
-that silently computes something else.
+that silently computes something else; `replace_output` is for edits meant to stay
+installed, and returns the handle that removes it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 
 def _first_tensor(value):
@@ -117,15 +119,28 @@ def add_to_output(model: torch.nn.Module, name: str, vectors: torch.Tensor,
         handle.remove()
 
 
-@contextlib.contextmanager
-def edit_output(model: torch.nn.Module, name: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Replace module `name`'s main output y by fn(y) for the duration of the block."""
-    module = model.get_submodule(name)
+def replace_output(model: torch.nn.Module, name: str,
+                   fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]) -> RemovableHandle:
+    """Until the returned handle's `remove()`, module `name`'s main output y becomes fn(x, y),
+    x its first positional input; fn returning None leaves the output object untouched.
 
+    Persistent on purpose: an edit that lives on the model between calls (GRACE's codebook,
+    installed once and scored by any later forward) has no `with` block to end it. Its owner
+    keeps the handle and removes it; code that changes outputs for one computation uses
+    `edit_output`, which cannot be left installed by an error.
+    """
     def hook(mod, args, output):
-        return _replace_first(output, fn(_first_tensor(output)))
+        y = fn(_first_tensor(args), _first_tensor(output))
+        return None if y is None else _replace_first(output, y)
 
-    handle = module.register_forward_hook(hook)
+    return model.get_submodule(name).register_forward_hook(hook)
+
+
+@contextlib.contextmanager
+def edit_output(model: torch.nn.Module, name: str,
+                fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+    """Module `name`'s main output y becomes fn(x, y) (x its first input; None keeps y) for the block."""
+    handle = replace_output(model, name, fn)
     try:
         yield
     finally:

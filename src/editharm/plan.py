@@ -19,10 +19,6 @@ class Chain:
     seed: int
     max_edits: int
 
-    @property
-    def key(self) -> str:
-        return f"{self.model}/{self.dataset}/{self.method}/{self.regulariser}/seed{self.seed}"
-
 
 def chains(config: dict) -> list[Chain]:
     """Every chain of every experiment; a chain in several experiments runs once, to its largest max_edits."""
@@ -73,14 +69,6 @@ def models_in_use(config: dict) -> list[str]:
     return sorted({c.model for c in chains(config)})
 
 
-def seeds_in_use(config: dict) -> list[int]:
-    return sorted({c.seed for c in chains(config)})
-
-
-def datasets_in_use(config: dict) -> list[tuple[str, int]]:
-    return sorted({(c.dataset, c.seed) for c in chains(config)})
-
-
 class Paths:
     """Where every artifact lives. Wildcard patterns for Snakemake and concrete paths for code."""
 
@@ -103,7 +91,7 @@ class Paths:
         return str(self.cache / "models" / model)
 
     def model_manifest(self, model="{model}"):
-        return str(self.cache / "models" / model / "editharm_model.json")
+        return str(Path(self.model_dir(model)) / "editharm_model.json")
 
     def layer_stats(self, model="{model}", corpus="{corpus}", tokens="{tokens}", layer="{layer}"):
         return str(self.cache / "stats" / model / f"{corpus}-{tokens}" / f"layer{layer}.safetensors")
@@ -146,6 +134,3 @@ class Paths:
     # outputs
     def table(self, name):
         return str(self.results / "tables" / f"{name}.csv")
-
-    def figure_dir(self):
-        return str(self.results / "figures")

@@ -48,7 +48,8 @@ def _fingerprint(spec: SegmentSpec) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _operations(requests: list[EditRequest], batch_size: int) -> list[list[EditRequest]]:
+def operations(requests: list[EditRequest], batch_size: int) -> list[list[EditRequest]]:
+    """The edit operations: consecutive batches of batch_size requests (the last may be shorter)."""
     return [requests[i:i + batch_size] for i in range(0, len(requests), batch_size)]
 
 
@@ -66,7 +67,7 @@ def run_segment(model, tokenizer, method, hparams, context: EditContext, spec: S
     if legacy_partial.is_dir():  # the former three-file layout, whose files could disagree: never trusted
         shutil.rmtree(legacy_partial)
     fingerprint = _fingerprint(spec)
-    ops = _operations(spec.requests, spec.batch_size)
+    ops = operations(spec.requests, spec.batch_size)
     log: list[dict] = []
     start_op = 0
     names = set(touched)
@@ -102,12 +103,12 @@ def run_segment(model, tokenizer, method, hparams, context: EditContext, spec: S
         for j, request in enumerate(batch):
             log.append({"edit_index": edit_index + j, "case_id": request.case_id, "operation": op_index,
                         "seconds": seconds / len(batch), "operation_seconds": seconds,
-                        "immediate_success": success[j], **_jsonable(update.info), "regulariser": reg_info})
+                        "immediate_success": success[j], **jsonable(update.info), "regulariser": reg_info})
         bar.update(1)
         done = op_index + 1
         if done % spec.resume_every == 0 and done < len(ops):
             rng, python_rng = _rng_snapshot()
-            save_bundle(partial, _current_tensors(model, names), context.state,
+            save_bundle(partial, current_tensors(model, names), context.state,
                         {"fingerprint": fingerprint, "operations_done": done, "log": log, "python_rng": python_rng}, rng)
     bar.close()
     meta = provenance(
@@ -119,7 +120,7 @@ def run_segment(model, tokenizer, method, hparams, context: EditContext, spec: S
     # The three outputs are written one after another; the partial file goes only once all
     # exist, so a kill in between resumes from it (Snakemake reruns a job whose outputs are incomplete).
     write_jsonl(out_log, log)
-    save_checkpoint(out_tensors, out_meta, _current_tensors(model, names), context.state, meta)
+    save_checkpoint(out_tensors, out_meta, current_tensors(model, names), context.state, meta)
     partial.unlink(missing_ok=True)
     return meta
 
@@ -148,7 +149,8 @@ def check_finite_info(info: dict, where: str) -> None:
         )
 
 
-def _current_tensors(model, names) -> dict[str, torch.Tensor]:
+def current_tensors(model, names) -> dict[str, torch.Tensor]:
+    """The current values of the named parameters, by name in sorted order (what a checkpoint stores)."""
     return {name: model.get_parameter(name).detach() for name in sorted(names)}
 
 
@@ -169,7 +171,8 @@ def _restore_rng(tensors: dict[str, torch.Tensor], python_rng: list) -> None:
     random.setstate((python_rng[0], tuple(python_rng[1]), python_rng[2]))
 
 
-def _jsonable(info: dict) -> dict:
+def jsonable(info: dict) -> dict:
+    """A method's info dict for the edit log: tensors as numbers or lists, anything else JSON cannot hold as its repr."""
     out = {}
     for k, v in info.items():
         if isinstance(v, torch.Tensor):

@@ -225,3 +225,10 @@ def edit_metrics(model, tokenizer, requests: Sequence[EditRequest], reference: d
         grouped[case_id][kind].append(out)
     rows = [request_row(r, grouped[r.case_id], reference) for r in requests]
     return rows, summarize(rows)
+
+
+def immediate_success(model, tokenizer, requests: Sequence[EditRequest]) -> list[float]:
+    """Reliability of the requests just edited, measured right after their edit (the edit log's
+    `immediate_success`, written by the workflow's segments and by api.Editor.edit alike)."""
+    rows, _ = edit_metrics(model, tokenizer, requests, kinds=("rewrite",), progress=False)
+    return [row["reliability"] for row in rows]

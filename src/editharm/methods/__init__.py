@@ -51,11 +51,6 @@ def load_method(name: str, module: str | None = None) -> types.ModuleType:
     return mod
 
 
-def method_source_file(name: str, module: str | None = None) -> str:
-    """The file that implements a method (an input of its edit jobs, so code changes rerun them)."""
-    return str(Path(load_method(name, module).__file__).resolve())
-
-
 def load_hparams(path: str | Path, cls: type) -> Any:
     """Read a hyperparameter YAML into the method's dataclass, checking names and types.
 

@@ -132,6 +132,21 @@ def load_second_moment(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     return matrix, json.loads(header[_META_KEY])
 
 
+def covariance_loader(stats_paths: dict[int, str]) -> Callable[[int], torch.Tensor]:
+    """EditContext.covariance for statistics files {layer: path}: each read on first use, then kept
+    (a method asks for the same layer at every edit; the files are hidden^2 floats each)."""
+    cache: dict[int, torch.Tensor] = {}
+
+    def covariance(layer: int) -> torch.Tensor:
+        if layer not in cache:
+            if layer not in stats_paths:
+                raise KeyError(f"no covariance statistics for layer {layer}; the method's stats_layers() must list it")
+            cache[layer] = load_second_moment(stats_paths[layer])[0]
+        return cache[layer]
+
+    return covariance
+
+
 def solve_second_moment(second_moment: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """C^-1 rhs in float64 (one factorisation, no caching: for tests and one-off solves)."""
     return SecondMomentSolver(lambda layer: second_moment).solve(0, rhs)

@@ -19,7 +19,7 @@ Codebook maintenance for a new edit with query h and label y (the paper's Algori
                                             to d(h, k_i)/2 (the old one minus 1e-5)
 
 The codebook is the method state (`apply` returns StateUpdate); `attach` installs it as a
-forward hook for scoring and `detach` removes it.
+persistent output replacement (nethook.replace_output) for scoring and `detach` removes it.
 
 The lookup is done at every position, not only at a designated "last token" (the
 reference implementations' `replace_last` with a key position passed in from the
@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from editharm import nethook
 from editharm.methods.base import EditContext, StateUpdate
 from editharm.methods.ft import encode_prompt_target, target_nll
 from editharm.requests import EditRequest
@@ -150,10 +151,10 @@ def update_codebook(book: Codebook, query: torch.Tensor, label: str, case_id: st
     return Codebook(keys, values, radii, labels, case_ids), slot, action
 
 
-# ---------------------------------------------------------------- the adaptor (a forward hook)
+# ---------------------------------------------------------------- the adaptor (a persistent output replacement)
 
 class Adaptor:
-    """Forward hook: replace the module's output wherever its input lies inside a deferral radius."""
+    """Replaces the module's output wherever its input lies inside a deferral radius (installed by nethook.replace_output)."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, radii: torch.Tensor):
         self.keys, self.values, self.radii = keys, values, radii
@@ -168,10 +169,9 @@ class Adaptor:
         index = torch.tensor([self.trained_slot], device=self.values.device)
         return self.values.index_copy(0, index, self.trained_value[None])
 
-    def __call__(self, module, args, output):
+    def __call__(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor | None:
         if not self.enabled or self.keys.shape[0] == 0:
             return None
-        x = args[0]
         flat = x.reshape(-1, x.shape[-1]).to(self.keys.dtype)
         dist, idx = nearest_keys(self.keys, flat)
         hit = dist <= self.radii[idx]
@@ -192,7 +192,9 @@ def _module_path(layout, hparams: Hparams) -> str:
 
 
 def _install(model, module_path: str, adaptor: Adaptor) -> Adaptor:
-    adaptor.handle = model.get_submodule(module_path).register_forward_hook(adaptor)
+    # Persistent, not a `with` block: an attached codebook acts on every later forward
+    # (scoring, sequential edits) until detach() removes it.
+    adaptor.handle = nethook.replace_output(model, module_path, adaptor)
     return adaptor
 
 
@@ -226,29 +228,20 @@ def _stable_seed(seed: int, case_id: str) -> int:
 
 
 @torch.no_grad()
-def _query_and_output(model, module, batch) -> tuple[torch.Tensor, torch.Tensor]:
+def _query_and_output(model, module_path: str, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """The module's input and output at the prompt's last token (a clean forward pass)."""
-    seen: dict[str, torch.Tensor] = {}
-
-    def grab(mod, args, output):
-        pos = int(batch.prompt_last[0])
-        seen["query"] = args[0][0, pos].detach().float().clone()
-        seen["output"] = output[0, pos].detach().float().clone()
-
-    handle = module.register_forward_hook(grab)
-    try:
+    with nethook.capture(model, [module_path], inputs=True, outputs=True) as rec:
         model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    finally:
-        handle.remove()
-    return seen["query"], seen["output"]
+    pos = int(batch.prompt_last[0])
+    seen = rec[module_path]
+    return seen.input[0, pos].float().clone(), seen.output[0, pos].float().clone()
 
 
 def _edit_one(model, tokenizer, request: EditRequest, book: Codebook, module_path: str, hparams: Hparams,
               seed: int) -> tuple[Codebook, dict[str, Any]]:
-    module = model.get_submodule(module_path)
     device = next(model.parameters()).device
     batch = encode_prompt_target(tokenizer, [request.filled_prompt], [request.target_new], device)
-    query, clean_out = _query_and_output(model, module, batch)
+    query, clean_out = _query_and_output(model, module_path, batch)
     if hparams.val_init == "cold":
         gen = torch.Generator().manual_seed(_stable_seed(seed, request.case_id) % (2**63))
         init = torch.rand(clean_out.shape, generator=gen)
@@ -262,8 +255,7 @@ def _edit_one(model, tokenizer, request: EditRequest, book: Codebook, module_pat
     adaptor.trained_slot, adaptor.trained_value = slot, value
     opt = torch.optim.Adam([value], lr=hparams.edit_lr)
     losses: list[float] = []
-    _install(model, module_path, adaptor)
-    try:
+    with nethook.edit_output(model, module_path, adaptor):
         for _ in range(hparams.n_iter):
             opt.zero_grad(set_to_none=True)
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -273,8 +265,6 @@ def _edit_one(model, tokenizer, request: EditRequest, book: Codebook, module_pat
                 break
             loss.backward()
             opt.step()
-    finally:
-        adaptor.handle.remove()
     book.values[slot] = value.detach().cpu()
     return book, {"action": action, "slot": slot, "iterations": len(losses),
                   "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}

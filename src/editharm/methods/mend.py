@@ -35,10 +35,11 @@ Implementation notes (why):
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -47,6 +48,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from editharm import nethook
 from editharm.methods.base import EditContext, WeightUpdate
 from editharm.requests import EditRequest
 
@@ -272,17 +274,10 @@ def to_storage(model: nn.Module, name: str, delta_out_in: torch.Tensor) -> torch
 @contextmanager
 def hooked_outputs(model: nn.Module, names: list[str], fn: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]) -> Iterator[None]:
     """While active, each named weight's module returns fn(name, input, output) instead of output."""
-    handles = []
-    for name in names:
-        def hook(module, args, output, name=name):
-            return fn(name, args[0], output)
-
-        handles.append(model.get_submodule(_module_of(name)).register_forward_hook(hook))
-    try:
+    with ExitStack() as stack:
+        for name in names:
+            stack.enter_context(nethook.edit_output(model, _module_of(name), functools.partial(fn, name)))
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def edited_forward(model: nn.Module, names: list[str], deltas: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:

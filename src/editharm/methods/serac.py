@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from editharm import nethook
 from editharm.methods.base import EditContext, StateUpdate
 from editharm.methods.prompts import right_pad
 from editharm.requests import EditRequest
@@ -138,14 +139,6 @@ def resolve_layer(n_layers: int, cls_depth: float) -> int:
     return int(cls_depth * (n_layers - 1) + 0.5)
 
 
-class _Stop(Exception):
-    """Raised by the feature hook to skip the layers above the classifier layer."""
-
-
-def _layer_output(output) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
 def pool_mask(input_ids: torch.Tensor, real: torch.Tensor, tokenizer) -> torch.Tensor:
     """The tokens a query's feature averages: its real tokens except a leading BOS.
 
@@ -166,32 +159,23 @@ def text_features(model, tokenizer, texts: list[str], layer: int, max_length: in
     """Mean-pooled hidden state at `layer` of each text ([N, hidden], float32), stopping the forward there."""
     from editharm.models import layout_for
 
-    module = model.get_submodule(layout_for(model).layer.format(layer))
+    name = layout_for(model).layer.format(layer)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = []
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(mod, args, output):
-        captured["h"] = _layer_output(output)
-        raise _Stop
-
-    handle = module.register_forward_hook(hook)
     bar = tqdm(total=len(texts), desc="classifier features", unit="text", mininterval=10.0, disable=len(texts) < 256)
+    # The forward stops after the classifier layer: the layers above it would be wasted work.
     try:
-        for i in range(0, len(texts), batch_size):
-            rows = [tokenizer(t)["input_ids"][-max_length:] for t in texts[i:i + batch_size]]
-            ids, real = right_pad(rows, pad)
-            ids, real = ids.to(device), real.to(device)
-            with torch.no_grad():
-                try:
-                    model(input_ids=ids, attention_mask=real.long())
-                except _Stop:
-                    pass
-            out.append(masked_mean(captured["h"], pool_mask(ids, real, tokenizer)).cpu())
-            bar.update(len(rows))
+        with nethook.capture(model, [name], stop_after=name) as rec:
+            for i in range(0, len(texts), batch_size):
+                rows = [tokenizer(t)["input_ids"][-max_length:] for t in texts[i:i + batch_size]]
+                ids, real = right_pad(rows, pad)
+                ids, real = ids.to(device), real.to(device)
+                with torch.no_grad():
+                    nethook.run_until_stopped(lambda: model(input_ids=ids, attention_mask=real.long()))
+                out.append(masked_mean(rec[name].output, pool_mask(ids, real, tokenizer)).cpu())
+                bar.update(len(rows))
     finally:
-        handle.remove()
         bar.close()
     return torch.cat(out) if out else torch.zeros((0, model.config.hidden_size))
 
@@ -419,7 +403,7 @@ class SeracModel(nn.Module):
         self.base = base
         self.tokenizer = tokenizer
         self.hp = hp
-        self.layer_module = base.get_submodule(layout_for(base).layer.format(layer))
+        self.layer_name = layout_for(base).layer.format(layer)
         device = next(base.parameters()).device
         self.classifier = classifier.to(device)
         self.prompts = list(memory.get("prompts", []))
@@ -468,19 +452,11 @@ class SeracModel(nn.Module):
                              past_key_values=past_key_values, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
         if attention_mask is not None and attention_mask.dim() == 4 and use_cache:
             raise ValueError("SeracModel: a KV cache is supported with 2D attention masks only")
-        captured: dict[str, torch.Tensor] = {}
-
-        def hook(module, args, output):
-            captured["h"] = _layer_output(output)
-
-        handle = self.layer_module.register_forward_hook(hook)
-        try:
+        with nethook.capture(self.base, [self.layer_name], detach=False) as rec:
             out = self.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
-        finally:
-            handle.remove()
         real, visible = _real_and_pooled(input_ids, attention_mask)
-        feats = masked_mean(captured["h"], pool_mask(input_ids, visible, self.tokenizer))
+        feats = masked_mean(rec[self.layer_name].output, pool_mask(input_ids, visible, self.tokenizer))
         best, entry = self.route(feats)
         rows = [b for b in range(input_ids.shape[0]) if best[b] > self.hp.threshold and real[b].any()]
         inserts = [self._insert_for(b, int(entry[b]), input_ids[b], real[b]) for b in rows]
