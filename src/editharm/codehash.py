@@ -13,7 +13,15 @@ its module-level code (imports, constants, decorators: it runs on import) plus t
 top-level functions and classes reached from the names imported from it, following
 names used inside reached definitions. `import pkg.mod`, `from pkg import mod` and a
 module given as a whole (a method or task module, found dynamically by name) reach
-every definition in it.
+every definition in it, with one narrowing: a module bound at module level by
+`from pkg import mod [as m]` and used only as `m.name` reaches those names (a notebook's
+`F.li_fig5(...)` reaches li_fig5, not every figure of editharm.figures).
+
+A module-level binding that nothing in its module uses, an import or an assignment that
+calls nothing (a re-export, a registry such as FIGURES), is code only where it is used:
+its module-level text is hashed, but what it names is reached only when an importer
+asks for it. So a package's __init__ can re-export every submodule's names without
+making each importer depend on all of them.
 
 Imports done dynamically (importlib, registries such as get_task, load_method,
 get_format) are not followed: the caller adds the module a job resolves to.
@@ -31,9 +39,10 @@ import ast
 import hashlib
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 PACKAGE = "editharm"
 _SRC = Path(__file__).resolve().parent.parent  # the folder that holds editharm/
@@ -98,10 +107,16 @@ class _Module:
         # One walk per top-level statement: the names it uses and the imports it makes.
         self._uses = {name: _names_used(node) for name, node in self.defs.items()}
         self._imports = {name: _imports_in(node) for name, node in self.defs.items()}
-        # Module-level code runs on import, and so do decorators and class bases.
-        self._used_on_import = set().union(*map(_names_used, self.module_level), set(), *(
+        # Bindings that only export a name count where the name is used (see the module docstring);
+        # the rest of the module-level code runs on import, and so do decorators and class bases.
+        self._exports = _export_only(self.module_level, self.defs, self._uses.values())
+        self._export_uses = {name: _names_used(stmt) for name, stmt in self._exports.items()}
+        exported = {id(stmt) for stmt in self._exports.values()}
+        self._always = [stmt for stmt in self.module_level if id(stmt) not in exported]
+        self._used_on_import = set().union(*map(_names_used, self._always), set(), *(
             _names_used(d) for node in self.defs.values() for d in getattr(node, "decorator_list", [])))
-        self._module_imports = [i for stmt in self.module_level for i in _imports_in(stmt)]
+        self._module_imports = [(id(stmt) in exported, i) for stmt in self.module_level for i in _imports_in(stmt)]
+        self._needed: dict[frozenset[str], frozenset[str]] = {}
         self._reached: dict[frozenset[str] | None, list[str]] = {}
 
     def package(self) -> str:
@@ -110,25 +125,50 @@ class _Module:
             return self.label
         return self.label.rpartition(".")[0]
 
+    def needed(self, names: frozenset[str] | None) -> frozenset[str] | None:
+        """Every top-level name used by importing this module and using `names` (None: all of them):
+        definitions, and export-only bindings with what they name."""
+        if names is None:
+            return None
+        if names not in self._needed:
+            todo, seen = set(names) | self._used_on_import, set()
+            while todo:
+                name = todo.pop()
+                if name in seen:
+                    continue
+                seen.add(name)
+                todo |= self._uses.get(name) or self._export_uses.get(name) or set()
+            self._needed[names] = frozenset(seen)
+        return self._needed[names]
+
     def reached(self, names: frozenset[str] | None) -> list[str]:
         """Top-level definitions run by importing this module and using `names`."""
         if names not in self._reached:
-            if names is None:
-                self._reached[names] = sorted(self.defs)
-            else:
-                todo, seen = set(names) | self._used_on_import, set()
-                while todo:
-                    name = todo.pop()
-                    if name in seen or name not in self.defs:
-                        continue
-                    seen.add(name)
-                    todo |= self._uses[name] - seen
-                self._reached[names] = sorted(seen)
+            needed = self.needed(names)
+            self._reached[names] = sorted(self.defs if needed is None else needed & self.defs.keys())
         return self._reached[names]
 
-    def imports(self, names: frozenset[str] | None) -> list[tuple[str, int, tuple[str, ...] | None]]:
-        """(module, level, imported names or None for `import x`) in module-level code and reached definitions."""
-        return self._module_imports + [i for n in self.reached(names) for i in self._imports[n]]
+    def imports(self, names: frozenset[str] | None) -> list[_Imports]:
+        """The imports that run on importing this module and using `names`: module-level code (an
+        export-only import marks its unneeded names), then the reached definitions' imports."""
+        needed = self.needed(names)
+        # What `m` of `from pkg import mod as m` is used for, in the code that runs.
+        running = [*self._always, *(self.defs[n] for n in self.reached(names)),
+                   *(s for n, s in self._exports.items() if needed is None or n in needed)]
+        attributes = _attribute_uses(running)
+        found = []
+        for exported, (module, level, imported) in self._module_imports:
+            if imported is not None:
+                if exported:  # a re-export: only its needed names
+                    imported = tuple((item, None if needed is None or bound in needed else frozenset())
+                                     for item, bound in imported)
+                else:  # a module used only as m.name: those names; used otherwise or not at all: all of it
+                    imported = tuple((item, attributes.get(bound)) for item, bound in imported)
+            found.append((module, level, imported))
+        for n in self.reached(names):
+            found += [(m, level, None if imported is None else tuple((item, None) for item, _ in imported))
+                      for m, level, imported in self._imports[n]]
+        return found
 
     def text(self, names: frozenset[str] | None) -> str:
         """What the fingerprint hashes: the whole file, or module-level code plus the reached definitions."""
@@ -173,14 +213,67 @@ def _names_used(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
 
 
-def _imports_in(node: ast.AST) -> list[tuple[str, int, tuple[str, ...] | None]]:
+# (module, level, items): items None for `import module`; else per imported name, in _imports_in
+# the name it is bound to, in _Module.imports what is used of it: None all of it, else a
+# frozenset of its attributes (empty: the name is not used, only its module runs).
+_Imports = tuple[str, int, "tuple[tuple[str, Any], ...] | None"]
+
+
+def _imports_in(node: ast.AST) -> list[_Imports]:
     found = []
     for sub in ast.walk(node):
         if isinstance(sub, ast.Import):
             found += [(alias.name, 0, None) for alias in sub.names]
         elif isinstance(sub, ast.ImportFrom):
-            found.append((sub.module or "", sub.level, tuple(a.name for a in sub.names)))
+            found.append((sub.module or "", sub.level, tuple((a.name, a.asname or a.name) for a in sub.names)))
     return found
+
+
+def _bound_names(stmt: ast.stmt) -> frozenset[str]:
+    """The names a module-level `from m import ...` or an assignment that calls nothing binds; else none."""
+    if isinstance(stmt, ast.ImportFrom) and all(a.name != "*" for a in stmt.names):
+        return frozenset(a.asname or a.name for a in stmt.names)
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None:
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        if all(isinstance(t, ast.Name) for t in targets) and not any(
+                isinstance(n, ast.Call) for n in ast.walk(stmt.value)):
+            return frozenset(t.id for t in targets)
+    return frozenset()
+
+
+def _export_only(module_level: list[ast.stmt], defs: Mapping[str, ast.stmt],
+                 def_uses: Iterable[set[str]]) -> dict[str, ast.stmt]:
+    """Module-level bindings (see _bound_names) of names that no definition and no other module-level
+    statement uses, by bound name: they only export the name. Used by another binding, a binding
+    is export-only when that one is; a name bound twice is not."""
+    bindings = {id(stmt): (stmt, _bound_names(stmt)) for stmt in module_level}
+    bindings = {k: v for k, v in bindings.items() if v[1]}
+    counts = Counter([name for _, names in bindings.values() for name in names] + list(defs))
+    twice = {name for name, n in counts.items() if n > 1}
+    used = set().union(set(), *def_uses, *(_names_used(s) for s in module_level if id(s) not in bindings))
+    changed = True
+    while changed:
+        changed = False
+        for key, (stmt, names) in list(bindings.items()):
+            if names & (used | twice):
+                del bindings[key]
+                used |= _names_used(stmt)
+                changed = True
+    return {name: stmt for stmt, names in bindings.values() for name in names}
+
+
+def _attribute_uses(nodes: Iterable[ast.AST]) -> dict[str, frozenset[str] | None]:
+    """Per name used in `nodes`: the attributes read from it (`name.attr`), or None where the name is
+    also used otherwise (called, passed on, assigned, given to getattr)."""
+    attributes: dict[str, set[str]] = {}
+    through_attribute, other = set(), set()
+    for node in nodes:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Load) and isinstance(sub.value, ast.Name):
+                attributes.setdefault(sub.value.id, set()).add(sub.attr)
+                through_attribute.add(id(sub.value))
+        other |= {sub.id for sub in ast.walk(node) if isinstance(sub, ast.Name) and id(sub) not in through_attribute}
+    return {**{name: frozenset(found) for name, found in attributes.items()}, **dict.fromkeys(other)}
 
 
 _PARSED: dict[tuple[str, str, int, int], _Module] = {}
@@ -228,7 +321,7 @@ def closure(entries: Iterable[Entry]) -> dict[str, tuple[str, frozenset[str] | N
             if level == 0 and target.split(".")[0] != PACKAGE:
                 sibling = Path(entry.path).parent / f"{target}.py"
                 if "." not in target and not entry.label.startswith(PACKAGE) and sibling.is_file():
-                    todo.append(Entry(file_entry(sibling).label, str(sibling.resolve()), frozenset(imported) if imported else None))
+                    todo.append(Entry(file_entry(sibling).label, str(sibling.resolve()), frozenset(item for item, _ in imported) if imported else None))
                 continue
             name = _resolve(mod, target, level)
             if module_file(name) is None:
@@ -241,10 +334,11 @@ def closure(entries: Iterable[Entry]) -> dict[str, tuple[str, frozenset[str] | N
                 todo.append(module_entry(name))
                 continue
             plain = []
-            for item in imported:
+            for item, used in imported:
                 if item != "*" and module_file(f"{name}.{item}") is not None:
-                    todo.append(module_entry(f"{name}.{item}"))  # `from pkg import module`: all of it
-                else:
+                    # `from pkg import module`: all of it, or the names read from it (none: its module-level code)
+                    todo.append(module_entry(f"{name}.{item}", used))
+                elif used != frozenset():  # an unneeded re-export: its module runs, the name is not used
                     plain.append(item)
             todo.append(module_entry(name, None if "*" in plain else plain))
     return found
