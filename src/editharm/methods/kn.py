@@ -59,6 +59,16 @@ Differences from EasyEdit, each on purpose:
 - A request without target_true (some zsRE records) is attributed to the model's own greedy
   first token; EasyEdit refuses such a request.
 
+A norm after the MLP (Gemma's post_feedforward_layernorm, an RMSNorm without bias) makes
+the layer's output invariant to scaling its whole activation vector, which is the path of
+the integral: there sum_i w_i dP/dw_i = alpha dP/dalpha = 0 at every step, so a layer's
+attributions cancel and they rank neurons by how much growing one turns the normalised
+output toward the answer. A neuron that already owns the MLP's output scores little (it
+cannot turn it further), though removing it would matter; the exact integral puts that
+effect at alpha below sqrt(eps) / rms(output), about 1e-3, which a Riemann sum of 20
+uniform steps never samples. Kept as the method defines it (the attribution site is Dai
+et al.'s, the grid theirs), so Gemma results carry this reading (tests/test_kn.py).
+
 Speed: scaling the activation at the last position changes nothing before it, so the
 prefix runs once with a KV cache and each (layer, step) row of the integral is a
 one-token forward pass, `batch_size` rows at a time.
