@@ -249,6 +249,37 @@ def test_importing_a_whole_module_reaches_all_of_it(tmp_path):
     assert codehash.fingerprint([codehash.file_entry(job)])[0] != before
 
 
+BASE_HELPER = """\
+class Base:
+    LIMIT = 3
+
+
+class Sub(Base):
+    pass
+
+
+class Unrelated:
+    WIDTH = 1
+"""
+
+
+def test_a_class_reaches_its_base_class(tmp_path):
+    job = _scripts(tmp_path, "from _helper import Sub\nSub()\n", BASE_HELPER)
+    entry = codehash.file_entry(job)
+    assert codehash.closure([entry])[f"{tmp_path.name}/_helper.py"][1] == {"Sub"}
+    before = codehash.fingerprint([entry])[0]
+    helper = tmp_path / "_helper.py"
+    helper.write_text(BASE_HELPER.replace("WIDTH = 1", "WIDTH = 10"))  # unreached
+    assert codehash.fingerprint([entry])[0] == before
+    helper.write_text(BASE_HELPER.replace("LIMIT = 3", "LIMIT = 30"))  # the base class of a reached class
+    assert codehash.fingerprint([entry])[0] != before
+    # So each value-optimising method's code covers the Hparams base it inherits (ValueHparams in
+    # methods/values.py) and what that uses; KN, which optimises no values, reaches none of values.py.
+    rome = codehash.closure([codehash.module_entry("editharm.methods.rome")])
+    assert "ValueHparams" in rome["editharm.methods.values"][1]
+    assert "editharm.methods.values" not in codehash.closure([codehash.module_entry("editharm.methods.kn")])
+
+
 def test_each_jobs_function_reaches_only_its_own_imports():
     segment = codehash.closure([codehash.module_entry("editharm.jobs", ["edit_segment"])])
     stats = codehash.closure([codehash.module_entry("editharm.jobs", ["weight_stats"])])

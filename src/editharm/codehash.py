@@ -7,8 +7,8 @@ torch at DAG-build time) and hashes it.
 
 Precision is per top-level definition, not per file, because the library shares
 modules: methods/base.py imports covariance.py, which imports `right_pad` from
-values.py, so every method "imports values.py"; yet KN never runs the value
-optimisation that a ROME change to values.py touches. What a module contributes is
+prompts.py, so every method "imports prompts.py"; yet KN never runs the context
+templates that a ROME change to prompts.py touches. What a module contributes is
 its module-level code (imports, constants, decorators: it runs on import) plus the
 top-level functions and classes reached from the names imported from it, following
 names used inside reached definitions. `import pkg.mod`, `from pkg import mod` and a
