@@ -153,3 +153,22 @@ def test_getattr_or_the_registry_reaches_every_figure(checkout, monkeypatch):
     finally:
         script.unlink()
         registry.unlink()
+
+
+# ---------------------------------------------------------------- publishing
+
+
+def test_an_interrupted_publish_leaves_no_partial_file(tmp_path: Path):
+    class Failing:
+        def savefig(self, path, **kwargs):
+            Path(path).write_bytes(b"\x89PNG half a figure")
+            raise OSError("disk full")
+
+    result = F.FigureResult("li_fig6", "title", F.LI, figure=Failing())
+    with pytest.raises(OSError, match="disk full"):
+        F.publish(result, tmp_path, show=False)
+    assert list(tmp_path.iterdir()) == []  # no li_fig6.png, and no temporary file either
+    result = F.FigureResult("li_fig6", "title", F.LI, missing="the safety benchmarks were not run")
+    F.publish(result, tmp_path, show=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["li_fig6.csv", "li_fig6.json", "li_fig6.png"]
+    assert json.loads((tmp_path / "li_fig6.json").read_text())["status"] == "missing"

@@ -10,6 +10,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from editharm.io import write_text
+
 from .data import TABLES
 from .result import figure_versions
 
@@ -85,4 +87,4 @@ def write_index(out_path: str | Path, figures_dir: str | Path, names: Sequence[s
                        + table.to_html(index=False, float_format=lambda v: f"{v:.4g}") + "</details>")
         out.append("</div>")
     out.append("<h2>Config</h2><pre>" + _esc(yaml.safe_dump(config, sort_keys=False)) + "</pre></body></html>")
-    Path(out_path).write_text("\n".join(out), encoding="utf-8")
+    write_text(out_path, "\n".join(out))

@@ -17,6 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from editharm.io import atomic_path, write_text
+
 from .data import regulariser_key
 from .draw import placeholder_figure
 from .style import _in_notebook, _pyplot
@@ -55,10 +57,13 @@ def publish(result: FigureResult, out_dir: str | Path, dpi: int = 150, show: boo
                               + (f" ({' '.join(result.notes)})" if result.notes else "") + ".")
             print(f"{result.title}: {result.missing}")
         result.figure = placeholder_figure(result.title, result.missing)
+    # Each file appears whole or not at all: an interrupted job leaves no truncated output behind.
     png = out / f"{result.name}.png"
-    result.figure.savefig(png, dpi=dpi, bbox_inches="tight")
+    with atomic_path(png) as tmp:
+        result.figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     data = result.table if result.table is not None else result.data
-    data.to_csv(out / f"{result.name}.csv", index=result.table is not None)
+    with atomic_path(out / f"{result.name}.csv") as tmp:
+        data.to_csv(tmp, index=result.table is not None)
     meta = {"name": result.name, "title": result.title, "paper": result.paper, "status": result.status,
             "missing": result.missing, "notes": result.notes, "png": png.name,
             "created_unix": time.time(), "versions": figure_versions()}
@@ -67,7 +72,7 @@ def publish(result: FigureResult, out_dir: str | Path, dpi: int = 150, show: boo
             meta[col + "s" if not col.endswith("s") else col] = sorted(
                 {v.item() if hasattr(v, "item") else v for v in result.data[col].dropna().unique()},
                 key=lambda v: (str(type(v)), v))
-    (out / f"{result.name}.json").write_text(json.dumps(meta, indent=1, default=str))
+    write_text(out / f"{result.name}.json", json.dumps(meta, indent=1, default=str))
     if show and _in_notebook():
         from IPython.display import Markdown, display
 
