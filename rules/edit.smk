@@ -1,55 +1,8 @@
-# Sequential editing as a chain of segment jobs: 0 -> 1 -> 10 -> 100 -> 1000.
+# Sequential editing as a chain of segment jobs: 0 -> 1 -> 10 -> 100 -> 1000, and the training
+# some methods need before they edit.
 # Each segment reads the previous checkpoint; a method's code (its module and the library code
 # it imports: the `code` input) and hyperparameter file are inputs, so changing them reruns that
 # method's segments and what depends on them only.
-
-
-_CHAIN_CHECKPOINTS = {(c.model, c.dataset, c.method, c.regulariser, str(c.seed)): chain_checkpoints(CFG, c) for c in CHAINS}
-
-
-def _n_prev(w):
-    """The checkpoint the segment ending at n starts from, on this chain's checkpoints (an experiment may set its own)."""
-    cps = _CHAIN_CHECKPOINTS.get((w.model, w.dataset, w.method, w.reg, w.seed), CFG["checkpoints"])
-    return previous_checkpoint(cps, int(w.n))
-
-
-def stats_inputs(model, method):
-    hp = method_hparams(model, method)
-    layers = getattr(method_module(method), "stats_layers", lambda h, f: [])(hp, None)
-    return {int(layer): P.layer_stats(model, COV["corpus"], COV["tokens"], layer) for layer in layers}
-
-
-def _trained_as(model, method):
-    """Aliases of a trained method (e.g. mend and mend_b10: same module, hyperparameter file and
-    training data, another batch size) share one trained artifact: the first such name, sorted."""
-    def ident(m):
-        return (method_module(m).__name__, hparams_path(CFG, model, m), CFG["methods"][m].get("training_dataset"))
-    return min(m for m in CFG["methods"] if ident(m) == ident(method))
-
-
-def trained_input(model, method):
-    spec = CFG["methods"][method]
-    if getattr(method_module(method), "TRAINED", False):
-        return P.trained(model, _trained_as(model, method), spec["training_dataset"])
-    return None
-
-
-def edit_segment_inputs(w):
-    n_prev = _n_prev(w)
-    inputs = {
-        "model": P.model_manifest(w.model),
-        "editset": P.editset(w.dataset, w.seed),
-        "hparams": hparams_path(CFG, w.model, w.method),
-        "code": code_input("edit_segment", method=w.method),
-        "stats": list(stats_inputs(w.model, w.method).values()),
-    }
-    if n_prev > 0:
-        inputs["prev_tensors"] = P.checkpoint(w.model, w.dataset, w.method, w.reg, w.seed, n_prev)
-        inputs["prev_meta"] = P.checkpoint_meta(w.model, w.dataset, w.method, w.reg, w.seed, n_prev)
-    trained = trained_input(w.model, w.method)
-    if trained:
-        inputs["trained"] = trained
-    return inputs
 
 
 rule train_method:
@@ -62,7 +15,7 @@ rule train_method:
     output:
         P.trained(),
     params:
-        module=lambda w: CFG["methods"][w.method].get("module"),
+        module=lambda w: method_module_path(CFG, w.method),
         seed=CFG["seeds"][0],
     threads: THREADS
     resources:
@@ -85,9 +38,9 @@ rule edit_segment:
         meta=P.checkpoint_meta(),
         log=P.edit_log(),
     params:
-        n_prev=_n_prev,
-        module=lambda w: CFG["methods"][w.method].get("module"),
-        batch_size=lambda w: CFG["methods"][w.method].get("batch_size", 1),
+        n_prev=n_prev,
+        module=lambda w: method_module_path(CFG, w.method),
+        batch_size=lambda w: edit_batch_size(CFG, w.method),
         stats=lambda w: Canonical(stats_inputs(w.model, w.method)),
     threads: THREADS
     resources:

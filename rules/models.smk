@@ -1,4 +1,4 @@
-# Models: fetch into the cache; covariance statistics of MLP keys per (model, layer, corpus, tokens).
+# Models: fetch into the cache (converted to a local folder, every file's sha256 recorded).
 
 
 rule fetch_model:
@@ -15,25 +15,3 @@ rule fetch_model:
         f"{R}/logs/fetch_model/{{model}}.log",
     script:
         "../workflow_scripts/fetch_model.py"
-
-
-rule layer_stats:
-    input:
-        model=P.model_manifest(),
-        corpus=P.prepared("{corpus}"),
-        code=code_input("layer_stats"),
-    output:
-        P.layer_stats(),
-    params:
-        seq_len=COV.get("seq_len", 256),
-    threads: THREADS
-    resources:
-        mem_mb=8000,
-        runtime=120,
-        gpu=1,
-    log:
-        f"{R}/logs/layer_stats/{{model}}_{{corpus}}-{{tokens}}_layer{{layer}}.log",
-    benchmark:
-        benchmark("layer_stats", "{model}_{corpus}-{tokens}_layer{layer}")
-    script:
-        "../workflow_scripts/layer_stats.py"

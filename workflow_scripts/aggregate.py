@@ -1,5 +1,6 @@
 from _common import setup
 setup(snakemake)
 from editharm.jobs import aggregate
+from editharm.tables import INPUTS
 
-aggregate(snakemake.params.config, set(snakemake.params.weight_editing), dict(snakemake.output.items()))
+aggregate(snakemake.params.dirs, {name: list(snakemake.input[name]) for name in INPUTS}, dict(snakemake.output.items()))

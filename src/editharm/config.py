@@ -29,6 +29,16 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+# Defaults of keys inside an entry (every method, every model) or inside `covariance`. They are
+# not filled into the config: jobs record the config (or its methods and models) as a param,
+# and a filled-in default would change that record and rerun those jobs on existing results.
+# The lookup functions at the end of this module apply them; nothing else should.
+ENTRY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "covariance": {"seq_len": 256},  # tokens per chunk of the statistics corpus
+    "methods": {"batch_size": 1},    # requests per edit operation: instance editing
+    "models": {"batch_size": 16},    # scoring batch size, unless the task sets its own
+}
+
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message says where, what and how to fix it."""
@@ -93,7 +103,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
 
 
 def _semantic_problems(config: dict) -> list[str]:
-    from editharm.methods import UnknownMethodError, load_method
+    from editharm.methods import UnknownMethodError
     from editharm.regularize import parse_regulariser
 
     problems: list[str] = []
@@ -106,14 +116,14 @@ def _semantic_problems(config: dict) -> list[str]:
                         f"(defined: {', '.join(config['datasets'])})")
     for name, spec in config["methods"].items():
         try:
-            module = load_method(name, spec.get("module"))
+            module = method_module(config, name)
         except UnknownMethodError as e:
             problems.append(f"key methods.{name}: {e}")
             continue
-        if getattr(module, "TRAINED", False) and spec.get("training_dataset") not in config["datasets"]:
-            problems.append(f"key methods.{name}.training_dataset: {spec.get('training_dataset')!r} must name a dataset "
+        if getattr(module, "TRAINED", False) and training_dataset(config, name) not in config["datasets"]:
+            problems.append(f"key methods.{name}.training_dataset: {training_dataset(config, name)!r} must name a dataset "
                             f"in `datasets` ({name} is trained before editing)")
-        if spec.get("batch_size", 1) > 1 and not module.SUPPORTS_BATCH:
+        if edit_batch_size(config, name) > 1 and not module.SUPPORTS_BATCH:
             problems.append(f"key methods.{name}.batch_size: {spec['batch_size']} > 1 but {name} edits one request at a time; use 1")
     for exp_name, exp in config["experiments"].items():
         where = f"experiments.{exp_name}"
@@ -140,7 +150,7 @@ def _semantic_problems(config: dict) -> list[str]:
                 if method not in config["methods"]:
                     continue
                 try:
-                    module = load_method(method, config["methods"][method].get("module"))
+                    module = method_module(config, method)
                 except UnknownMethodError:
                     continue
                 if not module.EDITS_WEIGHTS:
@@ -194,12 +204,12 @@ def model_layer_problems(config: dict, model: str, model_dir: str) -> list[str]:
 def _hparams_problems(config: dict, model: str, method: str, path: str, n_layers: int | None = None) -> list[str]:
     """Read a hyperparameter file now (names, types, ranges) and check its layers against the model
     when the model's depth is known, instead of failing inside the first job that uses it."""
-    from editharm.methods import UnknownMethodError, hparams_layer_problems, load_hparams, load_method
+    from editharm.methods import UnknownMethodError, hparams_layer_problems, load_hparams
     from editharm.models import known_layer_count
     from editharm.plan import Paths
 
     try:
-        module = load_method(method, config["methods"][method].get("module"))
+        module = method_module(config, method)
         hparams = load_hparams(path, module.Hparams)
     except UnknownMethodError:
         return []  # reported under methods.<name>
@@ -218,3 +228,48 @@ def hparams_path(config: dict, model: str, method: str) -> str:
         return override
     family = config["models"][model]["family"]
     return str(Path(config["methods"][method]["hparams_dir"]) / f"{family}.yaml")
+
+
+# ---------------------------------------------------------------- lookups
+# One function per question the workflow asks of a validated config, each with its default,
+# so the rules, the jobs and the checks above ask the same way.
+
+
+def method_module_path(config: dict, method: str) -> str | None:
+    """The import path of a method's module, as configured; None means editharm.methods.<method>."""
+    return config["methods"][method].get("module")
+
+
+def method_module(config: dict, method: str):
+    """The loaded module of a configured method (UnknownMethodError if there is none)."""
+    from editharm.methods import load_method
+
+    return load_method(method, method_module_path(config, method))
+
+
+def edit_batch_size(config: dict, method: str) -> int:
+    """Requests per edit operation of a configured method."""
+    return config["methods"][method].get("batch_size", ENTRY_DEFAULTS["methods"]["batch_size"])
+
+
+def training_dataset(config: dict, method: str) -> str | None:
+    """The dataset a trained method (MEND, SERAC) learns from; None for the others."""
+    return config["methods"][method].get("training_dataset")
+
+
+def task_sample_size(config: dict, task: str) -> int | None:
+    """Items of a task that are scored; None scores them all."""
+    return config["tasks"][task].get("n")
+
+
+def scoring_batch_size(config: dict, model: str, task: str) -> int:
+    """Batch size for scoring a task on a model: the task's own, else the model's."""
+    own = config["tasks"][task].get("batch_size")
+    if own is not None:
+        return own
+    return config["models"][model].get("batch_size", ENTRY_DEFAULTS["models"]["batch_size"])
+
+
+def covariance_seq_len(config: dict) -> int:
+    """Tokens per chunk when the covariance statistics read their corpus."""
+    return config["covariance"].get("seq_len", ENTRY_DEFAULTS["covariance"]["seq_len"])

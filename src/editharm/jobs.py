@@ -213,19 +213,13 @@ def score_task(*, model_dir: str, task_name: str, data: str, shots: str | None, 
 
 # ------------------------------------------------------------------ tables and figures
 
-def aggregate(config: dict, weight_editing: set[str], outputs: dict[str, str]) -> None:
+def aggregate(dirs: dict, inputs: dict[str, list[str]], outputs: dict[str, str]) -> None:
+    """The tables from exactly the rule's named input lists; `dirs`: results_dir and cache_dir."""
     from editharm import tables
     from editharm.io import atomic_path
     from editharm.plan import Paths
 
-    paths = Paths(config)
-    frames = {
-        "downstream": tables.downstream_table(config, paths),
-        "editing": tables.editing_table(config, paths),
-        "weight_stats": tables.weight_stats_table(config, paths, weight_editing),
-        "edit_log": tables.edit_log_table(config, paths),
-        "timings": tables.timings_table(Path(config["results_dir"]) / "benchmarks"),
-    }
+    frames = tables.all_tables(inputs, Paths(dirs), Path(dirs["results_dir"]) / "benchmarks")
     for name, frame in frames.items():
         with atomic_path(outputs[name]) as tmp:
             frame.to_csv(tmp, index=False)

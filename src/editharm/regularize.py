@@ -105,13 +105,18 @@ _KINDS: dict[str, RegulariserKind] = {}
 # K is written as a canonical decimal (no leading/trailing zeros, no sign, no exponent)
 # so that a name round-trips exactly: "rect-40" and "rect-40.0" would otherwise be two
 # wildcard values, two result folders, for one experiment.
-_NAME_RE = re.compile(r"(?P<kind>[a-z][a-z0-9_]*)(?:-(?P<percent>[^-]+))?")
-_PERCENT_RE = re.compile(r"(?:[1-9][0-9]*|0)(?:\.[0-9]*[1-9])?")
+_KIND = r"[a-z][a-z0-9_]*"
+_PERCENT = r"(?:[1-9][0-9]*|0)(?:\.[0-9]*[1-9])?"
+_NAME_RE = re.compile(rf"(?P<kind>{_KIND})(?:-(?P<percent>[^-]+))?")  # K loose here: parsed for a precise message
+_PERCENT_RE = re.compile(_PERCENT)
+# The syntax of a well-formed name, for the workflow's {reg} wildcard. parse_regulariser also
+# checks what a pattern cannot: that the kind is registered and takes (or not) a K in (0, 100].
+NAME_PATTERN = rf"{_KIND}(?:-{_PERCENT})?"
 
 
 def register_regulariser(name: str, *, takes_percent: bool, summary: str):
     """Decorator: register `fn(delta, weight, percent, seed)` as regulariser kind `name`."""
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+    if not re.fullmatch(_KIND, name):
         raise ValueError(f"regulariser kind {name!r} must be lower-case letters, digits, _")
 
     def decorate(fn: RegulariserFn) -> RegulariserFn:

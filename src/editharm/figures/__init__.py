@@ -14,10 +14,11 @@ module, every public name re-exported here:
   index     write_index (results/figures/index.html)
 
 A figure job's code fingerprint (editharm/codehash.py) covers the definitions its notebook
-reaches through `F.<name>`: a figure's own function, the helpers it calls and the module-level
-code that importing this package runs. So this module only binds names; `FIGURES` names the
-figure functions but is code only where it is used, so that editing one figure reruns only
-its own notebook.
+reaches through `F.<name>`: a figure's own function, the helpers it calls, and the module-level
+code that importing this package runs, which includes each figure module's imports (so a
+helper of data, draw, result, style or models that any figure imports counts for every
+figure). This module only binds names, and `FIGURES` is code only where it is used, so that
+editing one figure's function, or a helper in its paper's module, reruns that figure alone.
 """
 
 from .data import (COLUMNS, GU_TASKS, HEADLINE_METRICS, LI_TASKS, METHOD_LABELS, METHOD_ORDER, METRIC_LABELS,
