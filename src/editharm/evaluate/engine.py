@@ -30,8 +30,8 @@ On such a model an item whose sequences fit the window is packed as above (the w
 hides nothing there); every other item is scored one choice per row with a plain padding
 mask, from which the model builds its own windowed and full masks. A per-layer-type dict
 of 4D masks would keep the shared context, but wrappers that extend the mask they are
-given (SERAC) take one tensor, and with Gemma-3-270M's 512-token window the configured
-zero-shot tasks almost never reach the fallback.
+given (SERAC) take one tensor; only items longer than the window (512 tokens in
+Gemma-3-270M) pay for their context once per choice.
 
 A collapsed model (NaN or Inf logits) raises NonFiniteLogitsError; run_task turns it into
 a recorded failure for that task instead of a crash of the whole run.
