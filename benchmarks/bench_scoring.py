@@ -113,6 +113,24 @@ def prepared_dataset(name: str, specs: dict, mirror: str | None, data_dir: Path)
     return read_jsonl(prepared)
 
 
+def dataset_loader(specs: dict, mirror: str | None, data_dir: Path):
+    """rows_of(dataset): its prepared rows (prepared_dataset), read once per run; raises Missing."""
+    cache: dict[str, list[dict]] = {}
+
+    def rows_of(dataset: str) -> list[dict]:
+        if dataset not in cache:
+            cache[dataset] = prepared_dataset(dataset, specs, mirror, data_dir)
+        return cache[dataset]
+
+    return rows_of
+
+
+def task_rows(task, n: int | None, seed: int, rows_of) -> tuple[list[dict], list[dict] | None]:
+    """A task's rows sampled as the workflow samples them, and its shot rows (None without); raises Missing."""
+    rows = sample_rows(rows_of(task.DATASET), n, seed)
+    return rows, rows_of(task.SHOTS_DATASET) if task.SHOTS_DATASET else None
+
+
 def parse_n(values: list[str]) -> tuple[int, dict[str, int]]:
     """`--n 100 --n gsm8k=20` -> (100, {"gsm8k": 20})."""
     default, per_task = DEFAULT_N, {}
@@ -276,21 +294,13 @@ def main(argv: list[str] | None = None) -> dict:
     sources: dict[str, str] = {}
     if args.tasks:
         specs, mirror = dataset_specs(Path(args.config), Path(args.datasets))
-        mirror = args.mirror or mirror
-        cache: dict[str, list[dict]] = {}
-
-        def rows_of(dataset: str) -> list[dict]:
-            if dataset not in cache:
-                cache[dataset] = prepared_dataset(dataset, specs, mirror, Path(args.data_dir))
-            return cache[dataset]
-
+        rows_of = dataset_loader(specs, args.mirror or mirror, Path(args.data_dir))
         for name in select_tasks(args.tasks):
             if any(p[0] == name for p in plan):
                 continue  # given as an explicit file
             task = get_task(name)
             try:
-                rows = sample_rows(rows_of(task.DATASET), n_task.get(name, n_default), args.seed)
-                shots = rows_of(task.SHOTS_DATASET) if task.SHOTS_DATASET else None
+                rows, shots = task_rows(task, n_task.get(name, n_default), args.seed, rows_of)
             except Missing as e:
                 plan.append((name, None, None, str(e)))
                 continue

@@ -92,39 +92,55 @@ def lm_eval_tasks_dir(python: str) -> Path:
     return Path(subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.strip())
 
 
-def write_lm_eval_configs(data: dict, lm_tasks: Path, task_dir: Path, args) -> list[str]:
-    """Task YAMLs for lm-eval; returns the task names."""
+def dump_task_config(task_dir: Path, name: str, config: dict) -> str:
+    """Write lm-eval task `name` as task_dir/<name>.yaml; returns the name."""
     task_dir.mkdir(parents=True, exist_ok=True)
-    names = []
+    (task_dir / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return name
 
-    def dump(name: str, config: dict) -> None:
-        (task_dir / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
-        names.append(name)
 
-    # TruthfulQA: lm-eval's own configs, data from a local file in the hub's schema.
-    tqa_rows, _ = data["truthfulqa"]
+def write_truthfulqa_configs(rows: list[dict], lm_tasks: Path, task_dir: Path) -> list[str]:
+    """lm-eval's own truthfulqa_mc1/mc2 configs, data from a local file of our rows in the hub's schema."""
     tqa_file = write_jsonl(task_dir / "data" / "truthfulqa.jsonl", [
-        {"question": r["question"], "mc1_targets": r["mc1"], "mc2_targets": r["mc2"]} for r in tqa_rows])
-    for mc in ("mc1", "mc2"):
-        dump(f"editharm_truthfulqa_{mc}", {
-            "include": str(lm_tasks / "truthfulqa" / f"truthfulqa_{mc}.yaml"), "task": f"editharm_truthfulqa_{mc}",
-            "tag": [], "dataset_path": "json", "dataset_name": None,
-            "dataset_kwargs": {"data_files": {"validation": tqa_file}}, "validation_split": "validation"})
+        {"question": r["question"], "mc1_targets": r["mc1"], "mc2_targets": r["mc2"]} for r in rows])
+    return [dump_task_config(task_dir, f"editharm_truthfulqa_{mc}", {
+        "include": str(lm_tasks / "truthfulqa" / f"truthfulqa_{mc}.yaml"), "task": f"editharm_truthfulqa_{mc}",
+        "tag": [], "dataset_path": "json", "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"validation": tqa_file}}, "validation_split": "validation"})
+        for mc in ("mc1", "mc2")]
 
-    # MMLU: lm-eval's template, one task per subject, local test and dev files.
-    test_rows, dev_rows = data["mmlu"]
-    for subject in args.mmlu_subjects:
+
+def truthfulqa_positions(mc: str):
+    """compare_choices' `positions` for TruthfulQA: our one item per question holds both answer lists; match by text."""
+    return lambda item, sample: [item.choices.index(" " + t) for t in sample["doc"][f"{mc}_targets"]["choices"]]
+
+
+def write_mmlu_configs(test_rows: list[dict], dev_rows: list[dict], subjects: list[str], lm_tasks: Path,
+                       task_dir: Path) -> list[str]:
+    """lm-eval's MMLU template, one task per subject (shots: the subject's dev rows), local test and dev files."""
+    names = []
+    for subject in subjects:
         fields = ("question", "subject", "choices", "answer")
         test_file = write_jsonl(task_dir / "data" / f"mmlu_{subject}_test.jsonl",
                                 [{k: r[k] for k in fields} for r in test_rows if r["subject"] == subject])
         dev_file = write_jsonl(task_dir / "data" / f"mmlu_{subject}_dev.jsonl",
                                [{k: r[k] for k in fields} for r in dev_rows if r["subject"] == subject])
-        dump(f"editharm_mmlu_{subject}", {
+        names.append(dump_task_config(task_dir, f"editharm_mmlu_{subject}", {
             "include": str(lm_tasks / "mmlu" / "default" / "_default_template_yaml"), "task": f"editharm_mmlu_{subject}",
             "dataset_path": "json", "dataset_name": None,
             "dataset_kwargs": {"data_files": {"test": test_file, "dev": dev_file}},
             "description": f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n",
-            "num_fewshot": 5})
+            "num_fewshot": 5}))
+    return names
+
+
+def write_lm_eval_configs(data: dict, lm_tasks: Path, task_dir: Path, args) -> list[str]:
+    """Task YAMLs for lm-eval; returns the task names."""
+    names = write_truthfulqa_configs(data["truthfulqa"][0], lm_tasks, task_dir)
+    names += write_mmlu_configs(*data["mmlu"], args.mmlu_subjects, lm_tasks, task_dir)
+
+    def dump(name: str, config: dict) -> None:
+        names.append(dump_task_config(task_dir, name, config))
 
     # CommonsenseQA: our layout written as an lm-eval task; the shots are its training split.
     csqa_rows, csqa_shots = data["commonsenseqa"]
@@ -157,10 +173,15 @@ def write_lm_eval_configs(data: dict, lm_tasks: Path, task_dir: Path, args) -> l
     return names
 
 
+def lm_eval_env(threads: int) -> dict[str, str]:
+    """The environment lm-eval runs in: offline (local files only) and `threads` CPU threads."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
 def run_lm_eval(python: str, model: str, task_dir: Path, tasks: list[str], out_dir: Path, batch_size: int, threads: int,
                 max_length: int | None = None) -> float:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = lm_eval_env(threads)
     lm_eval_bin = str(Path(python).with_name("lm_eval"))
     model_args = f"pretrained={model},dtype=float32" + (f",max_length={max_length}" if max_length else "")
     cmd = [lm_eval_bin, "run", "--model", "hf", "--model_args", model_args,
@@ -264,23 +285,22 @@ def compare_choices(items, outputs, samples, positions) -> dict:
             "prompt_mismatches": len(mismatched), "mismatched_ids": mismatched[:10], "per_item": per_item}
 
 
-def check_li2024(ours: dict, out: Path, args, add) -> None:
-    """The rows of the li2024 checks (TruthfulQA, MMLU, CommonsenseQA, BBH)."""
-    # TruthfulQA: our one item per question holds both answer lists; match lm-eval's by text.
-    o = ours["truthfulqa"]
+def check_truthfulqa(o: dict, lm_out: Path, add) -> None:
+    """TruthfulQA's MC1 and MC2 rows: our run `o` against lm-eval's results under lm_out."""
     for mc in ("mc1", "mc2"):
-        res, samples = read_lm_eval(out / "lm_eval_output", f"editharm_truthfulqa_{mc}")
-        detail = compare_choices(o["items"], o["outputs"], samples,
-                                 lambda item, sample, mc=mc: [item.choices.index(" " + t) for t in sample["doc"][f"{mc}_targets"]["choices"]])
+        res, samples = read_lm_eval(lm_out, f"editharm_truthfulqa_{mc}")
+        detail = compare_choices(o["items"], o["outputs"], samples, truthfulqa_positions(mc))
         tol = detail["near_ties"] / detail["n"] if mc == "mc1" else MC2_TOL
         add("truthfulqa", mc, o["metrics"][mc], res["acc,none"], tol, detail)
 
-    o = ours["mmlu"]
+
+def check_mmlu(o: dict, lm_out: Path, subjects: list[str], add) -> None:
+    """MMLU's accuracy row over all subjects (lm-eval ran one task per subject; its accuracy weighted by items)."""
     correct = 0.0
     mmlu_detail = {"max_abs_loglik_diff": 0.0, "argmax_disagreements": 0, "near_ties": 0, "n": 0, "prompt_mismatches": 0,
                    "mismatched_ids": [], "per_item": []}
-    for subject in args.mmlu_subjects:
-        res, samples = read_lm_eval(out / "lm_eval_output", f"editharm_mmlu_{subject}")
+    for subject in subjects:
+        res, samples = read_lm_eval(lm_out, f"editharm_mmlu_{subject}")
         idx = [i for i, it in enumerate(o["items"]) if it.id.startswith(subject + "/")]
         d = compare_choices([o["items"][i] for i in idx], [o["outputs"][i] for i in idx], samples, lambda item, sample: [0, 1, 2, 3])
         mmlu_detail["max_abs_loglik_diff"] = max(mmlu_detail["max_abs_loglik_diff"], d["max_abs_loglik_diff"])
@@ -288,6 +308,12 @@ def check_li2024(ours: dict, out: Path, args, add) -> None:
             mmlu_detail[k] += d[k]
         correct += res["acc,none"] * d["n"]
     add("mmlu", "accuracy", o["metrics"]["accuracy"], correct / mmlu_detail["n"], mmlu_detail["near_ties"] / mmlu_detail["n"], mmlu_detail)
+
+
+def check_li2024(ours: dict, out: Path, args, add) -> None:
+    """The rows of the li2024 checks (TruthfulQA, MMLU, CommonsenseQA, BBH)."""
+    check_truthfulqa(ours["truthfulqa"], out / "lm_eval_output", add)
+    check_mmlu(ours["mmlu"], out / "lm_eval_output", args.mmlu_subjects, add)
 
     o = ours["commonsenseqa"]
     res, samples = read_lm_eval(out / "lm_eval_output", "editharm_commonsenseqa")
@@ -383,11 +409,16 @@ def write_harm_configs(data: dict, lm_tasks: Path, task_dir: Path) -> list[str]:
             item = TriviaQA().items(rows[:1])[0]
             config["generation_kwargs"] = {"until": list(item.stop), "do_sample": False, "temperature": 0.0,
                                            "max_gen_toks": item.max_new_tokens}
-        task_dir.mkdir(parents=True, exist_ok=True)
-        (task_dir / f"editharm_{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
-                                                        encoding="utf-8")
-        names.append(f"editharm_{name}")
+        names.append(dump_task_config(task_dir, f"editharm_{name}", config))
     return names
+
+
+def choice_requests(name: str, items, outputs) -> list[list[tuple]]:
+    """Per lm-eval document, the (context, continuation, log-likelihood) of each choice we scored."""
+    requests = [[(i.context, c, lp) for c, lp in zip(i.choices, o.logprobs)] for i, o in zip(items, outputs)]
+    if name == "winogrande":  # two one-choice items per sentence, one per option
+        requests = [requests[k] + requests[k + 1] for k in range(0, len(requests), 2)]
+    return requests
 
 
 def run_ours_harm(model, tokenizer, data: dict, args) -> dict:
@@ -402,9 +433,7 @@ def run_ours_harm(model, tokenizer, data: dict, args) -> dict:
         start = time.perf_counter()
         if task.KIND == "choice":
             outputs = score_choices(model, tokenizer, items, batch_size=args.batch_size, progress=False)
-            requests = [[(i.context, c, lp) for c, lp in zip(i.choices, o.logprobs)] for i, o in zip(items, outputs)]
-            if name == "winogrande":  # two one-choice items per sentence, one per option
-                requests = [requests[k] + requests[k + 1] for k in range(0, len(requests), 2)]
+            requests = choice_requests(name, items, outputs)
         elif task.KIND == "rolling":
             outputs = score_rolling(model, tokenizer, items, batch_size=args.batch_size, progress=False)
             requests = [[("", i.text, o.logprob)] for i, o in zip(items, outputs)]
@@ -491,6 +520,19 @@ def compare_harm(ours: dict, out_dir: Path, add) -> None:
             add(name, "accuracy_norm", m["accuracy_norm"], res["acc_norm,none"], d["near_ties_norm"] / d["n"], d)
 
 
+def comparison_row(task: str, metric: str, mine: float, theirs: float, tol: float, detail: dict) -> dict:
+    """One metric of one task on both sides, with `ok`.
+
+    ok: the metric within its tolerance, every per-choice log-likelihood within LL_TOL (a
+    rolling page's within ROLLING_TOL_PER_TOKEN per token), and both sides scored the same
+    prompt strings.
+    """
+    ll_ok = detail["rolling_ok"] if "rolling_ok" in detail else detail.get("max_abs_loglik_diff", 0.0) <= LL_TOL
+    ok = abs(mine - theirs) <= tol + 1e-12 and ll_ok and detail.get("prompt_mismatches", 0) == 0
+    return {"task": task, "metric": metric, "editharm": mine, "lm_eval": theirs, "abs_diff": abs(mine - theirs),
+            "tolerance": tol, "ok": ok, **detail}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="local model folder (config.json, safetensors, tokenizer)")
@@ -545,12 +587,7 @@ def main() -> int:
     rows = []
 
     def add(task: str, metric: str, mine: float, theirs: float, tol: float, detail: dict) -> None:
-        # ok: the metric within its tolerance, every per-choice log-likelihood within LL_TOL (a rolling page's
-        # within ROLLING_TOL_PER_TOKEN per token), and both sides scored the same prompt strings
-        ll_ok = detail["rolling_ok"] if "rolling_ok" in detail else detail.get("max_abs_loglik_diff", 0.0) <= LL_TOL
-        ok = abs(mine - theirs) <= tol + 1e-12 and ll_ok and detail.get("prompt_mismatches", 0) == 0
-        rows.append({"task": task, "metric": metric, "editharm": mine, "lm_eval": theirs, "abs_diff": abs(mine - theirs),
-                     "tolerance": tol, "ok": ok, **detail})
+        rows.append(comparison_row(task, metric, mine, theirs, tol, detail))
 
     if data:
         check_li2024(ours, out, args, add)
