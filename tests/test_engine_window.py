@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from editharm.evaluate import engine
-from editharm.evaluate.engine import encode_choices, generate, rolling_windows, score_choices, score_rolling, sliding_window
+from editharm.evaluate.engine import encode_choices, generate, score_choices, score_rolling, sliding_window
 from editharm.evaluate.tasks.base import ChoiceItem, GenerationItem, RollingItem
 from editharm.models import random_model
+from test_tasks_harm import _direct_logprob
 
 TOL = 1e-4
 WINDOW = 8
@@ -113,13 +114,7 @@ def test_rolling_windows_of_different_lengths_equal_plain_forward(gemma):
     items = [RollingItem(id=str(i), text=t, max_window=24) for i, t in enumerate(texts)]
     outs = score_rolling(model, tok, items, batch_size=4, progress=False)
     for item, out in zip(items, outs):
-        tokens = tok(item.text, add_special_tokens=False)["input_ids"]
-        want = 0.0
-        for ctx, pred in rolling_windows(tokens, tok.bos_token_id, 24):
-            with torch.no_grad():
-                logp = model(input_ids=torch.tensor([ctx + pred[:-1]])).logits[0].log_softmax(-1)
-            want += sum(logp[len(ctx) - 1 + j, t].item() for j, t in enumerate(pred))
-        assert out.logprob == pytest.approx(want, abs=TOL), item.id
+        assert out.logprob == pytest.approx(_direct_logprob(model, tok, item.text, 24), abs=TOL), item.id
     assert outs[0].windows == 3
 
 
