@@ -13,7 +13,8 @@ task - so drift of a shared machine falls on both. Each engine is timed inside i
 process around its scoring call only (wall and CPU seconds of that process, all threads):
   editharm  task.items + engine.score_choices + task.score (what run_task does)
   lm-eval   lm_eval.evaluator.evaluate on tasks already loaded: requests and few-shot
-            contexts, the HF model calls, filters, metrics (bootstrap stderr off)
+            contexts, the HF model calls, filters, metrics (bootstrap stderr off; samples
+            logged, simple_evaluate's default, for the item-level comparison)
 Model loading, dataset acquisition and lm-eval's dataset loading are outside the timing.
 One untimed warm-up (--warmup documents of the first task) runs on each side first.
 
