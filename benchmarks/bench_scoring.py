@@ -195,9 +195,11 @@ def raw_speed(model, tokenizer, seq_len: int, batch_size: int, passes: int) -> t
 def bench_task(model, tokenizer, name: str, rows: list[dict], batch_size: int, naive: bool,
                shots: list[dict] | None = None, raw_passes: int = 4, n_samples: int = 3) -> dict:
     task = get_task(name)
-    if task.KIND == "choice":
-        # raw speed at the task's mean row length, known from a warm-up run of one batch
-        warm = run_task(model, tokenizer, task, rows[:batch_size], shots=shots, batch_size=batch_size, progress=False)
+    if task.KIND != "generation":
+        # raw speed at the task's mean row length, known from a warm-up run of one batch (rolling
+        # log-likelihood: of one document, which may alone be thousands of tokens)
+        warm_rows = rows[:1] if task.KIND == "rolling" else rows[:batch_size]
+        warm = run_task(model, tokenizer, task, warm_rows, shots=shots, batch_size=batch_size, progress=False)
         if warm["status"] != "ok":
             return {k: warm[k] for k in ("status", "reason", "n", "metrics")} | {"kind": task.KIND}
         seq_len = max(8, round(warm["tokens"] / warm["n"]))

@@ -40,6 +40,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import yaml
 
+from editharm.config import ENTRY_DEFAULTS
 from editharm.requests import EditRequest, ProbePrompt
 
 log = logging.getLogger("editharm.api")
@@ -364,7 +365,7 @@ class Editor:
         self.model_id = model_id or _model_id(model, self.ws)
         self.corpus = corpus or self.ws.config.get("covariance", {}).get("corpus", "wikitext2")
         self.stats_tokens = stats_tokens or self.ws.config.get("covariance", {}).get("tokens", 200000)
-        self.stats_seq_len = self.ws.config.get("covariance", {}).get("seq_len", 256)
+        self.stats_seq_len = self.ws.config.get("covariance", {}).get("seq_len", ENTRY_DEFAULTS["covariance"]["seq_len"])
         self._covariance_of = None
         self.context = EditContext(layout=self.layout, covariance=self._covariance, state={}, seed=seed,
                                    artifacts={"trained_dir": str(trained_dir)} if trained_dir else {})

@@ -15,6 +15,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from editharm.config import ENTRY_DEFAULTS
+
 COLUMNS = ["model", "dataset", "method", "regulariser", "seed", "edits", "task", "metric", "value"]
 TABLES = ("downstream", "editing", "weight_stats")
 
@@ -131,7 +133,7 @@ def method_specs(config: dict, methods: Iterable[str] = ()) -> dict[str, dict]:
         spec = cfg.get(name) or {}
         module = spec.get("module")
         out[name] = {"family": module.rsplit(".", 1)[-1] if module else name,
-                     "batch_size": int(spec.get("batch_size", 1) or 1)}
+                     "batch_size": int(spec.get("batch_size") or ENTRY_DEFAULTS["methods"]["batch_size"])}
     return out
 
 
