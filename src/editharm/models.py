@@ -122,6 +122,20 @@ def layout_for(model) -> ModelLayout:
     return ModelLayout(family=family, n_layers=n_layers, hidden_size=hidden, intermediate_size=inner, **_TEMPLATES[family])
 
 
+def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Float32 next-token logits from final hidden states (final norm applied), as the causal LM computes them.
+
+    get_output_embeddings() rather than the layout's head path: the head's attribute name
+    moved between transformers versions for GPT-NeoX (embed_out -> lm_head). Gemma 2/3
+    configs squash logits with cap * tanh(logits / cap) after the head.
+    """
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
 def get_module(model: torch.nn.Module, path: str) -> torch.nn.Module:
     return model.get_submodule(path)
 

@@ -48,6 +48,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from tqdm import tqdm
 
+from editharm.models import head_logits
 from editharm.evaluate.tasks.base import ChoiceItem, ChoiceOutput, GenerationItem, RollingItem, RollingOutput, Task
 
 # Memory bounds of one forward pass: padded input tokens, and kept logits (rows x kept
@@ -286,13 +287,43 @@ def pack_units(units: Sequence[_Unit], pad_id: int, pad_side: str, dtype: torch.
     return PackedBatch(ids.to(device), mask.to(device), pos.to(device), keep.to(device), targets, n_tokens)
 
 
+def _target_logits(model, batch: PackedBatch, rows_t: torch.Tensor, kept_t: torch.Tensor, vocab: int):
+    """Yield ([n, V] float32 logits, indices of the n target entries they belong to).
+
+    Within the logit budget: one forward pass keeping the batch's positions. Over it: a
+    transformers causal LM runs once and its head is applied to the target positions'
+    hidden states in slices; a wrapper without a separate head (SERAC's) runs once per
+    slice of kept positions.
+    """
+    n = len(rows_t)
+    if batch.keep.numel() * vocab <= MAX_LOGIT_ELEMENTS:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    logits_to_keep=batch.keep, use_cache=False)
+        yield out.logits.float()[rows_t, kept_t], torch.arange(n, device=rows_t.device)
+        return
+    step = max(1, MAX_LOGIT_ELEMENTS // vocab)
+    decoder = getattr(model, "base_model", None)
+    if decoder is not None and decoder is not model and model.get_output_embeddings() is not None:
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         position_ids=batch.position_ids, use_cache=False).last_hidden_state
+        positions = batch.keep[rows_t, kept_t]
+        for start in range(0, n, step):
+            part = torch.arange(start, min(n, start + step), device=rows_t.device)
+            yield head_logits(model, hidden[rows_t[part], positions[part]]), part
+        return
+    slice_width = max(1, step // batch.keep.shape[0])
+    for k0 in range(0, batch.keep.shape[1], slice_width):
+        part = ((kept_t >= k0) & (kept_t < k0 + slice_width)).nonzero(as_tuple=True)[0]
+        if len(part) == 0:
+            continue
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    logits_to_keep=batch.keep[:, k0:k0 + slice_width], use_cache=False)
+        yield out.logits.float()[rows_t[part], kept_t[part] - k0], part
+
+
 @torch.inference_mode()
 def _score_batch(model, batch: PackedBatch) -> tuple[list[list[list[float]]], list[list[list[int]]]]:
     """Per row, per choice: the log-probability and the argmax at each target token."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                logits_to_keep=batch.keep, use_cache=False)
-    logits = out.logits.float()  # [B, K, V]
-    _check_finite(logits, "scoring choices")
     rows, kept, toks = [], [], []
     for b, row in enumerate(batch.targets):
         for choice in row:
@@ -300,11 +331,19 @@ def _score_batch(model, batch: PackedBatch) -> tuple[list[list[list[float]]], li
                 rows.append(b)
                 kept.append(k)
                 toks.append(t)
-    rows_t, kept_t = torch.tensor(rows, device=logits.device), torch.tensor(kept, device=logits.device)
-    picked = logits[rows_t, kept_t]  # [T, V]
-    logprob = (picked.gather(1, torch.tensor(toks, device=logits.device)[:, None])[:, 0]
-               - torch.logsumexp(picked, dim=-1)).tolist()
-    argmax = picked.argmax(dim=-1).tolist()
+    device = batch.input_ids.device
+    rows_t, kept_t, toks_t = (torch.tensor(x, device=device) for x in (rows, kept, toks))
+    vocab = model.config.vocab_size
+    logprob_t = torch.empty(len(rows), dtype=torch.float32, device=device)
+    argmax_t = torch.empty(len(rows), dtype=torch.long, device=device)
+    # One unit may keep more logits than the budget (a long rolling window of a large-vocabulary
+    # model: 2,048 positions x Gemma's 262,144 tokens is 2 GiB of float32, several times over in
+    # the softmax); the logits are then made a slice at a time.
+    for logits, entries in _target_logits(model, batch, rows_t, kept_t, vocab):
+        _check_finite(logits, "scoring choices")
+        logprob_t[entries] = logits.gather(1, toks_t[entries, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+        argmax_t[entries] = logits.argmax(dim=-1)
+    logprob, argmax = logprob_t.tolist(), argmax_t.tolist()
     lp_out, am_out, i = [], [], 0
     for row in batch.targets:
         lp_row, am_row = [], []

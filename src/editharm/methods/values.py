@@ -36,6 +36,7 @@ from typing import Sequence
 import torch
 
 from editharm import nethook
+from editharm.models import head_logits
 from editharm.methods.prompts import fill, length_buckets, pad_rows, target_ids, tokenize_at_subject
 from editharm.requests import EditRequest
 
@@ -294,13 +295,7 @@ class ValueProblem:
     def _unembed(self, h: torch.Tensor, normed: bool = False) -> torch.Tensor:
         if not normed:
             h = self.model.get_submodule(self.layout.final_norm)(h)
-        # get_output_embeddings() rather than layout.lm_head: the head's attribute name moved
-        # between transformers versions for GPT-NeoX (embed_out -> lm_head).
-        logits = self.model.get_output_embeddings()(h).float()
-        cap = getattr(self.model.config, "final_logit_softcapping", None)
-        if cap:  # Gemma 2/3 configs may squash logits with cap * tanh(logits / cap) after the head
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return head_logits(self.model, h)
 
     # -------------------------------------------------------------- losses
 
