@@ -141,3 +141,31 @@ def test_hparams_files_load(method):
     for f in files:
         hp = load_hparams(f, mod.Hparams)
         assert hp.layers == sorted(hp.layers)
+
+
+def test_closest_normed_output_is_the_least_squares_point_of_the_norms_outputs():
+    gen = torch.Generator().manual_seed(0)
+    d = 16
+    gain = torch.rand(d, generator=gen) * 3 + 0.5
+    gain[3] = 0.0            # a channel the norm never writes (Gemma-3-270M has such gains)
+    gain[7] = 1e-4
+    # A target that is itself a normed output comes back unchanged.
+    v0 = torch.randn(2, d, generator=gen)
+    v0[:, 3] = 0.0
+    v0 = v0 / v0.pow(2).mean(-1, keepdim=True).sqrt()
+    back = memit.closest_normed_output(gain, gain * v0)
+    assert torch.allclose(gain * back, gain * v0, atol=1e-5)   # a 1e-4 gain leaves its channel barely determined
+    assert torch.allclose(back[:, gain > 0.1], v0[:, gain > 0.1], atol=1e-5)
+    # Any other target: rms(v) = 1 and g * v is at least as close as any other unit-rms candidate.
+    t = torch.randn(3, d, generator=gen) * 4
+    v = memit.closest_normed_output(gain, t)
+    assert torch.allclose(v.pow(2).mean(-1), torch.ones(3), atol=1e-5)
+    best = (gain * v - t).norm(dim=-1)
+    cands = torch.randn(20000, d, generator=gen)
+    cands = cands / cands.pow(2).mean(-1, keepdim=True).sqrt()
+    for r in range(3):
+        assert best[r] <= (gain * cands - t[r]).norm(dim=-1).min() + 1e-5
+        # Dividing by the gain (exact only for feasible targets) lands far from the target here.
+        naive = t[r] / gain.clamp_min(1e-12)
+        naive = naive / naive.pow(2).mean().sqrt()
+        assert best[r] < (gain * naive - t[r]).norm()
