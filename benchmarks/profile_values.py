@@ -70,31 +70,10 @@ def profiled_step(problem: ValueProblem, settings, deltas, active, watch: Stopwa
     row_ids = [i for i, r in enumerate(problem.rows) if r.request in set(active)]
     with torch.enable_grad():
         row_d = problem._row_deltas(leaves, row_ids, active)
-        e_row, e_pos, _ = problem._entries(row_ids)
-        edits = torch.tensor([problem.rows[i].edit for i in row_ids])
-        e_suffix = e_pos - edits[e_row]
         buckets = watch("select", problem._select, row_ids)
-        finals, where = [], []
-        for b, (local, sel) in enumerate(buckets):
-            finals.append(watch("forward", problem._run_bucket, sel, {s: d[local] for s, d in row_d.items()}))
-            where.append(local)
-        bucket_of = torch.empty(len(row_ids), dtype=torch.long)
-        slot_of = torch.empty(len(row_ids), dtype=torch.long)
-        for b, local in enumerate(where):
-            bucket_of[local] = b
-            slot_of[local] = torch.arange(len(local))
-
-        def unembed():
-            logits = None
-            for b, h in enumerate(finals):
-                chosen = (bucket_of[e_row] == b).nonzero(as_tuple=True)[0]
-                part = problem._unembed(h[slot_of[e_row[chosen]], e_suffix[chosen]])
-                if logits is None:
-                    logits = part.new_empty(len(e_row), part.shape[-1])
-                logits = logits.index_copy(0, chosen, part)
-            return logits
-
-        logits = watch("unembed", unembed)
+        finals = [watch("forward", problem._run_bucket, sel, {s: d[local] for s, d in row_d.items()})
+                  for local, sel in buckets]
+        logits = watch("unembed", problem._loss_logits, finals, [local for local, _ in buckets], row_ids)
 
         def loss_fn():
             terms = problem._terms(logits, row_ids, active)

@@ -409,17 +409,25 @@ class ValueProblem:
 
     def _logits_fast(self, deltas, row_ids, req_ids) -> torch.Tensor:
         row_d = self._row_deltas(deltas, row_ids, req_ids)
+        buckets = self._select(row_ids)
+        finals = [self._run_bucket(sel, {s: d[local] for s, d in row_d.items()}) for local, sel in buckets]
+        return self._loss_logits(finals, [local for local, _ in buckets], row_ids)
+
+    def _loss_logits(self, finals: Sequence[torch.Tensor], locals_: Sequence[torch.Tensor],
+                     row_ids: Sequence[int]) -> torch.Tensor:
+        """Logits at the loss entries (in `_entries` order), gathered from each bucket's final hidden states.
+
+        `finals[b]` holds the suffix states of the rows `locals_[b]` (indices into row_ids).
+        """
         e_row, e_pos, _ = self._entries(row_ids)
         edits = torch.tensor([self.rows[i].edit for i in row_ids], device=self.device)
         e_suffix = e_pos - edits[e_row]
         # Where each row sits in its bucket, so entries can be gathered bucket by bucket.
         bucket_of = torch.empty(len(row_ids), dtype=torch.long, device=self.device)
         slot_of = torch.empty(len(row_ids), dtype=torch.long, device=self.device)
-        finals = []
-        for b, (local, sel) in enumerate(self._select(row_ids)):
+        for b, local in enumerate(locals_):
             bucket_of[local] = b
             slot_of[local] = torch.arange(len(local), device=self.device)
-            finals.append(self._run_bucket(sel, {s: d[local] for s, d in row_d.items()}))
         logits = None
         for b, h in enumerate(finals):
             chosen = (bucket_of[e_row] == b).nonzero(as_tuple=True)[0]
