@@ -24,7 +24,7 @@ from editharm.config import (
     validate_config,
 )
 from editharm.methods import load_hparams
-from editharm.plan import Paths, chain_checkpoints, chains, edit_set_size, models_in_use, previous_checkpoint
+from editharm.plan import Paths, chain_checkpoints, chains, edit_set_size, models_in_use, previous_checkpoint, scored_tasks
 from editharm.evaluate.tasks import get_task
 from editharm.codehash import Entry, file_entry, module_entry, write_fingerprint
 from editharm.datasets import get_format
@@ -213,7 +213,7 @@ def chain_files(kind):
             if kind == "editing":
                 files.append(P.edit_metrics(*args))
             elif kind == "scores":
-                files += [P.score(*args, task) for task in CFG["tasks"]]
+                files += [P.score(*args, task) for task in scored_tasks(CFG, c, n)]
             elif kind == "weights" and edits_weights(c.method):
                 files.append(P.weight_stats(*args))
             elif kind == "heatmaps" and edits_weights(c.method):

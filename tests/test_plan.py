@@ -1,6 +1,6 @@
 import pytest
 
-from editharm.plan import Chain, chain_checkpoints, chains, previous_checkpoint
+from editharm.plan import Chain, chain_checkpoints, chains, previous_checkpoint, scored_tasks
 
 
 def _config(**experiments):
@@ -27,3 +27,18 @@ def test_a_chain_in_two_experiments_runs_once_to_the_longest():
 def test_experiment_seeds_override_global_seeds():
     config = _config(e=dict(models=["m"], datasets=["d"], methods=["rome"], regularisers=["none"], max_edits=1, seeds=[3, 4]))
     assert sorted(c.seed for c in chains(config)) == [3, 4]
+
+
+def test_final_tasks_are_scored_where_an_experiment_ends_unless_it_opts_out():
+    exp = dict(models=["m"], datasets=["d"], methods=["rome"])
+    config = _config(grid=dict(exp, regularisers=["none", "rect-40"], max_edits=10, final_tasks=False),
+                     long=dict(exp, regularisers=["none"], max_edits=100))
+    config["tasks"] = {"lambada": {"n": 5}, "mmlu": {"n": 5, "at": "final"}, "piqa": {"at": "every"}}
+    none, rect = chains(config)
+    per_checkpoint = {n: scored_tasks(config, none, n) for n in chain_checkpoints(config, none)}
+    # the cheap tasks everywhere, in the config's order; MMLU only where `long` ends (grid opted out at 10)
+    assert per_checkpoint == {1: ["lambada", "piqa"], 10: ["lambada", "piqa"], 100: ["lambada", "mmlu", "piqa"]}
+    assert [scored_tasks(config, rect, n) for n in chain_checkpoints(config, rect)] == [["lambada", "piqa"]] * 2
+    config["experiments"]["grid"]["final_tasks"] = True
+    assert scored_tasks(config, rect, 10) == ["lambada", "mmlu", "piqa"]
+    assert scored_tasks(config, none, 10) == ["lambada", "mmlu", "piqa"]

@@ -53,6 +53,24 @@ def chain_checkpoints(config: dict, chain: Chain) -> list[int]:
     return sorted(n for n in (cps or config["checkpoints"]) if n <= chain.max_edits)
 
 
+def task_schedule(config: dict, task: str) -> str:
+    """When a task is scored: "every" checkpoint (the default), or "final": on the unedited model and at
+    the last checkpoint of each experiment that asks for final tasks (`experiments.<name>.final_tasks`)."""
+    return (config["tasks"][task] or {}).get("at", "every")
+
+
+def scored_tasks(config: dict, chain: Chain, n: int) -> list[str]:
+    """The tasks scored at checkpoint n of a chain, in the config's task order.
+
+    Tasks scheduled `at: final` are expensive paper benchmarks: a chain scores them where one of its
+    experiments ends (n equals that experiment's max_edits), unless the experiment sets
+    `final_tasks: false`. A chain in several experiments can therefore score them more than once.
+    """
+    final_here = any(_in_experiment(config, exp, chain) and exp.get("final_tasks", True)
+                     and exp["max_edits"] == n for exp in config["experiments"].values())
+    return [t for t in config["tasks"] if task_schedule(config, t) == "every" or final_here]
+
+
 def previous_checkpoint(checkpoints: list[int], n: int) -> int:
     """The checkpoint a segment ending at n starts from (0 = the unedited model)."""
     if n not in checkpoints:
