@@ -166,15 +166,24 @@ def headline_scores(downstream: pd.DataFrame, tasks: Sequence[str] | None = None
 
 
 def _paper_tasks(downstream: pd.DataFrame, paper_tasks: Sequence[str], paper: str, notes: list[str]) -> list[str]:
-    """The paper's tasks that were run; else every task that was run, with a note."""
-    present = [t for t in paper_tasks if t in set(downstream.task)]
+    """The paper's tasks that were run, then every other task that was run (with a note saying which).
+
+    The others follow rather than disappear: a small model's harm shows on the harm suite
+    (LAMBADA, PIQA, ARC, HellaSwag, WinoGrande, WikiText) long before it does on tasks it
+    scores near chance on, and a paper task scored at a few checkpoints must not hide them.
+    """
+    ran = set(downstream.task)
+    present = [t for t in paper_tasks if t in ran]
+    others = sorted(ran - set(present), key=task_key)
     if present:
         absent = [t for t in paper_tasks if t not in present]
         if absent:
             notes.append(f"Not run (add them under `tasks:` in the config to include them): "
                          f"{', '.join(absent)}.")
-        return present
-    others = sorted(set(downstream.task), key=task_key)
+        if others:
+            notes.append(f"After {paper}'s tasks come the other tasks that were scored, which are not the "
+                         f"paper's (e.g. the harm suite): {', '.join(others)}.")
+        return present + others
     if others:
         notes.append(f"None of {paper}'s tasks ({', '.join(paper_tasks)}) are in the tables; showing the tasks "
                      "that were run instead. Add them under `tasks:` (e.g. configs/li2024.yaml) for the paper's "

@@ -12,12 +12,33 @@ import pandas as pd
 from .data import (GU_TASKS, _describe, _paper_tasks, _scored, _setting, headline_metric, headline_scores,
                    method_key, method_label, method_specs, regulariser_key, task_label)
 from .draw import facet_bars, facet_lines, table_figure
-from .result import FigureResult, _need_none, _no_downstream
+from .findings import HARM_THRESHOLD, group_summary, harm_of, no_baseline, score_changes
+from .result import FigureResult, _need_none, _no_downstream, register_paper_findings
 from .style import _pyplot
 
 GU = "Gu et al. 2024 (EMNLP)"
 GU_REGULARISERS = ("none", "rect-20", "rect-40", "rect-60", "rect-80", "random-40", "pca-40")
 EDITING_METRICS = ("reliability", "generalization", "locality")
+# What the paper reports for each figure, in our words (checked against the paper's abstract and
+# text; where a detail could not be checked, the statement stays at the level that could).
+PAPER_FINDINGS = {
+    "gu_fig3": "Sequential instance editing with KN, MEND, ROME and MEMIT lowers the scores on the eight "
+               "downstream tasks, and the loss grows as edits accumulate.",
+    "gu_fig4": "Editing many facts in one batch also harms general abilities: after a single batch edit the "
+               "downstream scores lie below the unedited model's.",
+    "gu_batch_sequential": "Editing in batches, one batch after another, lowers the downstream scores as the "
+                           "total number of edits grows.",
+    "gu_table1": "Editing changes the original weights a lot (many elements change by a large fraction of their "
+                 "value); the authors trace the side effects to this excessive change, which overfits the model "
+                 "to the edited facts.",
+    "gu_fig5": "Heat maps of the weight update show where and how strongly editing changes the edited matrix, "
+               "illustrating the excessive change the authors blame for the side effects.",
+    "gu_fig7": "RECT keeps most of the editing performance (over 94% of it) while regularising the update, and "
+               "does better than keeping random or PCA-chosen elements at the same share K.",
+    "gu_fig8": "With RECT the downstream scores fall much less as edits accumulate than with unregularised "
+               "editing.",
+}
+register_paper_findings(PAPER_FINDINGS)
 
 
 def gu_fig3(tables: dict, config: dict | None = None) -> FigureResult:
@@ -49,7 +70,13 @@ def gu_fig3(tables: dict, config: dict | None = None) -> FigureResult:
                                  for t in tasks if t in set(data.task)],
                       row="setting", title=title, subtitle=_describe(data), hue_title="method",
                       hue_labels={m: method_label(m) for m in methods})
-    return FigureResult(name, title, GU, fig, data.drop(columns=["setting"]), notes=notes)
+    finding, agrees = harm_of(data, ["method"], lambda r: method_label(r.method))
+    return FigureResult(name, title, GU, fig, data.drop(columns=["setting"]), notes=notes, finding=finding,
+                        agrees=agrees)
+
+
+def _batch_label(r) -> str:
+    return f"{method_label(r.family)} batch {int(r.batch_size)}"
 
 
 def _batch_missing(name, title, extra=""):
@@ -98,7 +125,14 @@ def gu_fig4(tables: dict, config: dict | None = None) -> FigureResult:
                       xscale="log", xlabel="batch size (edits in one operation, log scale)",
                       reference=base[["setting", "panel", "value"]], title=title, subtitle=_describe(data),
                       hue_title="method", hue_labels={f: method_label(f) for f in fam})
-    return FigureResult(name, title, GU, fig, data.drop(columns=["setting"]), notes=notes)
+    # The change of one batch of B edits: from the unedited model (each method's edits = 0 rows) to n = B.
+    unedited = headline_scores(ds[(ds.edits == 0) & ds.method.isin(set(data.method))], tasks)
+    unedited = unedited.assign(batch_size=unedited.method.map(lambda m: specs[m]["batch_size"]),
+                               family=unedited.method.map(lambda m: specs[m]["family"]))
+    finding, agrees = harm_of(pd.concat([data.drop(columns=["setting"]), unedited], ignore_index=True),
+                              ["family", "batch_size"], _batch_label, what="mean change after one batch")
+    return FigureResult(name, title, GU, fig, data.drop(columns=["setting"]), notes=notes, finding=finding,
+                        agrees=agrees)
 
 
 def gu_batch_sequential(tables: dict, config: dict | None = None) -> FigureResult:
@@ -132,7 +166,9 @@ def gu_batch_sequential(tables: dict, config: dict | None = None) -> FigureResul
     order = [f"batch {b}" for b in sorted(data.batch_size.unique())]
     fig = facet_lines(data, x="edits", hue="batch", hue_order=order, col="panel", row="setting", title=title,
                       subtitle=_describe(data), hue_title="edits per operation")
-    return FigureResult(name, title, GU, fig, data.drop(columns=["setting", "batch"]), notes=notes)
+    finding, agrees = harm_of(data, ["family", "batch_size"], _batch_label)
+    return FigureResult(name, title, GU, fig, data.drop(columns=["setting", "batch"]), notes=notes,
+                        finding=finding, agrees=agrees)
 
 
 def _threshold_of(metric: str) -> float:
@@ -203,7 +239,28 @@ def gu_table1(tables: dict, config: dict | None = None) -> FigureResult:
         notes.append(f"The PNG shows {len(display)} of {len(shown)} rows (unregularised first); the CSV, the notebook "
                      "and index.html hold them all.")
     fig = table_figure(display, title, subtitle)
-    return FigureResult(name, title, GU, fig, per_seed, notes=notes, table=table, shown=shown)
+    return FigureResult(name, title, GU, fig, per_seed, notes=notes, table=table, shown=shown,
+                        finding=_table1_finding(per_seed), agrees=None)
+
+
+def _table1_finding(per_seed: pd.DataFrame) -> str | None:
+    """Per method (unregularised when run), at its largest checkpoint: the share of elements over the
+    smallest threshold and the Manhattan distance. Descriptive: the paper states no number to test."""
+    shares = sorted([c for c in per_seed.columns if c.startswith("share_above_")], key=_threshold_of)
+    if per_seed.empty or not shares:
+        return None
+    df = per_seed[per_seed.regulariser == "none"] if "none" in set(per_seed.regulariser) else per_seed
+    df = df[df.edits == df.groupby("method").edits.transform("max")]
+    share = shares[0]
+    parts = []
+    for method, group in sorted(df.groupby("method"), key=lambda kv: method_key(kv[0])):
+        text = (f"{method_label(method)} after {int(group.edits.iloc[0]):,} edits: {100 * group[share].mean():.2f}% "
+                f"of the edited elements changed by more than {_threshold_of(share):g} of their value")
+        if "manhattan" in group:
+            text += f" (Manhattan Σ|ΔW| {group.manhattan.mean():,.4g})"
+        parts.append(text)
+    return ("; ".join(parts) + ". Descriptive (regulariser none where run, mean over seeds): the paper gives no "
+            "threshold to test against, so agreement is not judged.")
 
 
 def _chain_of(path: str | Path) -> dict:
@@ -295,7 +352,23 @@ def gu_fig5(heatmaps: Sequence[str], config: dict | None = None, max_rows: int =
     shape = "x".join(map(str, next(iter(maps.values()))[1].shape))
     fig.suptitle(f"{title}\nmodel: {models}; seed {seed}; cumulative change against the unedited weights,\n"
                  f"mean-pooled to {shape} cells; darkest colour = no change; one colour scale for all panels")
-    return FigureResult(name, title, GU, fig, pd.DataFrame(rows), notes=notes)
+    rows = pd.DataFrame(rows)
+    return FigureResult(name, title, GU, fig, rows, notes=notes, finding=_fig5_finding(rows), agrees=None)
+
+
+def _fig5_finding(rows: pd.DataFrame) -> str | None:
+    """Per chain shown: mean |ΔW| per cell of the drawn tensor at the first and the last checkpoint."""
+    shown = rows[rows.shown] if len(rows) else rows
+    if shown.empty:
+        return None
+    parts = []
+    for (method, reg), group in shown.groupby(["method", "regulariser"]):
+        per_n = group.groupby("edits").mean_abs_change.mean().sort_index()
+        first, last = per_n.iloc[0], per_n.iloc[-1]
+        grow = f" (x{last / first:.3g})" if first > 0 and len(per_n) > 1 else ""
+        parts.append(f"{method_label(method)} · {reg}: mean |ΔW| per cell {first:.3g} after {per_n.index[0]:,} "
+                     f"edit(s), {last:.3g} after {per_n.index[-1]:,}{grow}")
+    return "; ".join(parts) + ". Descriptive: heat maps have no pass/fail criterion, so agreement is not judged."
 
 
 def gu_fig7(tables: dict, config: dict | None = None) -> FigureResult:
@@ -337,7 +410,39 @@ def gu_fig7(tables: dict, config: dict | None = None) -> FigureResult:
                      hue_order=[r for r in regs if r in set(data.regulariser)], panel_order=panels,
                      title=title, subtitle=_describe(data) + "; at the largest checkpoint every regulariser reached",
                      ylabel="score (fraction of edits, 0–1)")
-    return FigureResult(name, title, GU, fig, data.drop(columns=["panel"]), notes=notes)
+    finding, agrees = _fig7_finding(data)
+    return FigureResult(name, title, GU, fig, data.drop(columns=["panel"]), notes=notes, finding=finding,
+                        agrees=agrees)
+
+
+# RECT may cost this much reliability or generalization (fractions) against unregularised editing and
+# still count as keeping it: the paper's 94% of a near-perfect editor leaves about 0.06.
+RECT_TOLERANCE = 0.1
+
+
+def _fig7_finding(data: pd.DataFrame) -> tuple[str | None, bool | None]:
+    """RECT's reliability and generalization against unregularised editing's, at the same checkpoint."""
+    mean = data.groupby(["model", "dataset", "method", "regulariser", "metric"])["value"].mean()
+    parts, diffs = [], []
+    for (model, dataset, method), group in mean.groupby(level=[0, 1, 2]):
+        group = group.droplevel([0, 1, 2])
+        regs = set(group.index.get_level_values("regulariser"))
+        if "none" not in regs:
+            continue
+        for reg in sorted((r for r in regs if r.startswith("rect")), key=regulariser_key):
+            here = []
+            for metric in ("reliability", "generalization"):
+                if (reg, metric) in group.index and ("none", metric) in group.index:
+                    d = float(group[(reg, metric)] - group[("none", metric)])
+                    diffs.append(d)
+                    here.append(f"{metric} {group[(reg, metric)]:.2f} vs {group[('none', metric)]:.2f} ({d:+.2f})")
+            if here:
+                parts.append(f"{method_label(method)} {reg} against none: " + ", ".join(here))
+    if not diffs:
+        return ("no RECT regulariser was run next to `none` on the same method, so RECT's cost in editing "
+                "performance cannot be measured."), None
+    return ("; ".join(parts) + f". Criterion: agree when RECT is within {RECT_TOLERANCE:g} of none on every "
+            "reliability and generalization score shown."), bool(min(diffs) >= -RECT_TOLERANCE)
 
 
 def gu_fig8(tables: dict, config: dict | None = None) -> FigureResult:
@@ -362,4 +467,31 @@ def gu_fig8(tables: dict, config: dict | None = None) -> FigureResult:
     fig = facet_lines(data, x="edits", hue="regulariser", hue_order=regs, col="panel", row="setting", title=title,
                       subtitle=_describe(data),
                       col_order=[p for t in tasks for p in sorted(data[data.task == t].panel.unique())])
-    return FigureResult(name, title, GU, fig, data.drop(columns=["setting"]), notes=notes)
+    finding, agrees = _fig8_finding(data)
+    return FigureResult(name, title, GU, fig, data.drop(columns=["setting"]), notes=notes, finding=finding,
+                        agrees=agrees)
+
+
+def _fig8_finding(data: pd.DataFrame) -> tuple[str | None, bool | None]:
+    """Per setting: each regulariser's mean change up to the largest checkpoint all of them reached; agree
+    when every RECT regulariser is harmed less than `none` wherever `none` is harmed."""
+    edited = data[data.edits > 0]
+    common = edited.groupby(["setting", "regulariser"]).edits.max().groupby(level="setting").min()
+    data = data[data.edits <= data.setting.map(common)]
+    summary = group_summary(score_changes(data, ["setting", "regulariser"]), ["setting", "regulariser"])
+    if summary.empty:
+        return no_baseline("regulariser"), None
+    parts, verdicts = [], []
+    for setting, group in summary.groupby("setting"):
+        group = group.set_index("regulariser").loc[sorted(group.regulariser, key=regulariser_key)]
+        n = int(group.edits.max())
+        parts.append(f"{setting}, after {n:,} edits: " + ", ".join(f"{r} {c:+.1f}" for r, c in group.change.items()))
+        rects = [r for r in group.index if str(r).startswith("rect")]
+        if "none" in group.index and rects and group.change["none"] < -HARM_THRESHOLD:
+            verdicts.append(all(group.change[r] > group.change["none"] for r in rects))
+    text = ("mean change of the headline scores from the unedited model (points; perplexity: percent, sign "
+            "flipped; negative = harm): " + "; ".join(parts) + f". Criterion: agree when every RECT regulariser's "
+            f"change is above none's in each setting where none is below -{HARM_THRESHOLD:g}.")
+    if not verdicts:
+        return text + " No setting has both RECT and a harmed unregularised run, so it cannot be judged.", None
+    return text, all(verdicts)

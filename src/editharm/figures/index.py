@@ -13,7 +13,7 @@ import pandas as pd
 from editharm.io import write_text
 
 from .data import TABLES
-from .result import figure_versions
+from .result import figure_versions, paper_finding
 
 # The overview notebook (notebooks/edit_harm.ipynb) and the figures it writes.
 OVERVIEW = {"name": "edit_harm", "title": "Overview: downstream, editing and weight change vs edits, per regulariser",
@@ -22,6 +22,30 @@ OVERVIEW = {"name": "edit_harm", "title": "Overview: downstream, editing and wei
 
 def _esc(x: Any) -> str:
     return html.escape(str(x))
+
+
+def _verdict(agrees: Any) -> str:
+    return {True: "yes", False: "no"}.get(agrees, "—")
+
+
+def _findings_table(figures_dir: Path, names: Sequence[str]) -> list[str]:
+    """Findings: per figure, what the paper found, what this run's numbers show, and whether they agree
+    (each figure's criterion is part of its finding); read from <name>.json."""
+    rows = []
+    for n in names:
+        meta_path = figures_dir / f"{n}.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        shown = meta.get("finding") or (f"missing: {meta['missing']}" if meta.get("missing") else "not rendered")
+        verdict = _verdict(meta.get("agrees"))
+        cls = {"yes": "yes", "no": "no"}.get(verdict, "")
+        rows.append(f"<tr><td><a href='#{_esc(n)}'>{_esc(n)}</a></td>"
+                    f"<td>{_esc(meta.get('paper_finding') or paper_finding(n) or '')}</td><td>{_esc(shown)}</td>"
+                    f"<td class='{cls}'><b>{verdict}</b></td></tr>")
+    return ["<h2 id='findings'>Findings</h2>",
+            "<p>Agrees: yes/no by the criterion stated in each finding; — where it cannot be judged (data missing, "
+            "a descriptive figure, or no harm to compare).</p>",
+            "<table class='findings'><tr><th>figure</th><th>paper found</th><th>this run shows</th>"
+            "<th>agrees</th></tr>" + "".join(rows) + "</table>"]
 
 
 def write_index(out_path: str | Path, figures_dir: str | Path, names: Sequence[str], config: dict,
@@ -47,13 +71,14 @@ def write_index(out_path: str | Path, figures_dir: str | Path, names: Sequence[s
            ".fig{border-top:1px solid #ccc;padding:1em 0}.fig img{max-width:100%;border:1px solid #eee}"
            ".ok{color:#0072B2}.missing{color:#D55E00}table{border-collapse:collapse;font-size:90%}"
            "td,th{border:1px solid #ddd;padding:2px 6px}pre{background:#f6f6f6;padding:1em;overflow:auto}"
-           "code{background:#f2f2f2}")
+           "code{background:#f2f2f2}.findings td{vertical-align:top}.yes{color:#009E73}.no{color:#D55E00}")
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>editharm figures</title>"
            f"<style>{css}</style></head><body>",
            "<h1>editharm: figures</h1>",
            f"<p>Made {time.strftime('%Y-%m-%d %H:%M:%S %Z')} from config <code>{_esc(config_source or '?')}</code>. "
            f"Seeds in the config: {_esc(seeds)}; in the tables: {_esc(sorted(tables_seeds))}.</p>",
            "<p>Package versions: " + ", ".join(f"{_esc(k)} {_esc(v)}" for k, v in versions.items()) + "</p>",
+           *_findings_table(figures_dir, names),
            "<ul>" + "".join(f"<li><a href='#{_esc(n)}'>{_esc(n)}</a></li>" for n in [OVERVIEW["name"], *names])
            + "</ul>"]
     # The overview notebook (edit_harm.ipynb).
@@ -73,6 +98,8 @@ def write_index(out_path: str | Path, figures_dir: str | Path, names: Sequence[s
                    f"<a href='{n}.ipynb'>notebook (ipynb)</a> · <a href='{n}.csv'>data (CSV)</a></p>")
         if meta.get("missing"):
             out.append(f"<p class='missing'><b>Missing:</b> {_esc(meta['missing'])}</p>")
+        if meta.get("finding"):
+            out.append(f"<p><b>This run ({_esc(_verdict(meta.get('agrees')))}):</b> {_esc(meta['finding'])}</p>")
         for note in meta.get("notes", []):
             out.append(f"<p><i>Note:</i> {_esc(note)}</p>")
         facts = [f"{k}: {_esc(', '.join(map(str, meta[k])))}" for k in

@@ -8,8 +8,9 @@ import pandas as pd
 from .data import (LI_TASKS, TASK_LABELS, _describe, _paper_tasks, _scored, headline_scores, method_key,
                    method_label, task_key, task_label)
 from .draw import facet_lines
+from .findings import group_summary, harm_of, robustness_finding, score_changes
 from .models import _info, human_count
-from .result import FigureResult, _need_none, _no_downstream
+from .result import FigureResult, _need_none, _no_downstream, register_paper_findings
 
 LI = "Li et al. 2024 (NeurIPS)"
 # Li et al. Sec. 5 groups abilities; NQ (open-domain QA) and Gu's GSM8K join the groups
@@ -20,6 +21,25 @@ ABILITY_CATEGORIES = {
     "safety": ("truthfulqa", "toxigen"),
 }
 SAFETY_METRICS = (("truthfulqa", "mc1"), ("truthfulqa", "mc2"), ("toxigen", "accuracy"))
+# What the paper reports for each figure, in our words (checked against the paper's abstract; where a
+# detail could not be checked, the statement stays at the level that could).
+PAPER_FINDINGS = {
+    "li_fig2": "General-benchmark scores hold for up to a few dozen edits and then fall as edits grow; with "
+               "more edits some methods break the model's knowledge structure outright (scores collapse).",
+    "li_fig3": "Instruction-tuned (chat) models are more robust to editing than their base models: their "
+               "general-benchmark scores drop less after the same edits.",
+    "li_fig4": "Comparing sizes of one model series, larger models hold their general abilities better under "
+               "the same edits.",
+    "li_fig5": "Relative to the unedited model, knowledge, reasoning and safety scores all fall as edits "
+               "accumulate.",
+    "li_fig6": "Editing weakens safety: TruthfulQA and ToxiGen scores fall after editing, safety-aligned models "
+               "included.",
+}
+register_paper_findings(PAPER_FINDINGS)
+
+
+def _method_row_label(r) -> str:
+    return method_label(r.method)
 
 
 def li_fig2(tables: dict, config: dict | None = None) -> FigureResult:
@@ -40,7 +60,9 @@ def li_fig2(tables: dict, config: dict | None = None) -> FigureResult:
     panels = [p for t in tasks for p in sorted(data[data.task == t].panel.unique())]
     fig = facet_lines(data, x="edits", hue="panel", hue_order=panels, col="method_panel", col_order=methods,
                       row="setting", title=title, subtitle=_describe(data), hue_title="benchmark: metric")
-    return FigureResult(name, title, LI, fig, data.drop(columns=["setting", "method_panel"]), notes=notes)
+    finding, agrees = harm_of(data, ["method"], _method_row_label)
+    return FigureResult(name, title, LI, fig, data.drop(columns=["setting", "method_panel"]), notes=notes,
+                        finding=finding, agrees=agrees)
 
 def li_fig3(tables: dict, config: dict | None = None, model_info: dict | None = None) -> FigureResult:
     """Li Fig. 3: a base model against its chat (instruction-tuned) version, scores against edits."""
@@ -81,7 +103,18 @@ def li_fig3(tables: dict, config: dict | None = None, model_info: dict | None = 
                       style_order=["base", "chat"], col="panel", row="setting", title=title,
                       subtitle=_describe(data) + "; solid: base, dashed: chat", hue_title="model",
                       style_title="variant")
-    return FigureResult(name, title, LI, fig, data.drop(columns=["setting"]), notes=notes)
+    finding, agrees = _variant_finding(data, confounded=False)
+    return FigureResult(name, title, LI, fig, data.drop(columns=["setting"]), notes=notes, finding=finding,
+                        agrees=agrees)
+
+
+def _variant_finding(data: pd.DataFrame, confounded: bool) -> tuple[str, bool | None]:
+    """Chat against base: the mean change of each variant's scores, changes taken per model."""
+    changes = score_changes(data, ["model", "dataset", "method", "regulariser", "variant"])
+    caveat = ("The chat and base models here are of different families, so a difference mixes instruction tuning "
+              "with architecture, data and size." if confounded else "")
+    return robustness_finding(group_summary(changes, ["variant"]), "variant", "chat", "base",
+                              lambda v: f"{v} models", "chat models are harmed less", caveat)
 
 
 def _li_fig3_across_families(name: str, title: str, data: pd.DataFrame, found: str, notes: list[str]) -> FigureResult:
@@ -105,7 +138,9 @@ def _li_fig3_across_families(name: str, title: str, data: pd.DataFrame, found: s
                       col="panel", row="setting", title=title,
                       subtitle=_describe(data) + "; solid: base, dashed: chat (different model families)",
                       hue_title="model", style_title="variant")
-    return FigureResult(name, title, LI, fig, data.drop(columns=["setting"]), notes=notes)
+    finding, agrees = _variant_finding(data, confounded=True)
+    return FigureResult(name, title, LI, fig, data.drop(columns=["setting"]), notes=notes, finding=finding,
+                        agrees=agrees)
 
 
 def li_fig4(tables: dict, config: dict | None = None, model_info: dict | None = None) -> FigureResult:
@@ -128,7 +163,8 @@ def li_fig4(tables: dict, config: dict | None = None, model_info: dict | None = 
     if unsized:
         notes.append(f"Left out (size unknown: converted weights not found): {', '.join(unsized)}.")
     arch = {m: ((config or {}).get("models", {}).get(m) or {}).get("family") for m in sized}
-    if len(set(arch.values())) > 1 or len({info[m]["chat"] for m in sized}) > 1:
+    mixed = len(set(arch.values())) > 1 or len({info[m]["chat"] for m in sized}) > 1
+    if mixed:
         notes.append(
             "The models differ in more than size (" + ", ".join(
                 f"{m}: {arch[m] or '?'} family, {'chat' if info[m]['chat'] else 'base'}" for m in sorted(sized))
@@ -152,7 +188,21 @@ def li_fig4(tables: dict, config: dict | None = None, model_info: dict | None = 
     order = [labels[m] for m in sorted(sized, key=lambda m: (sized[m], m)) if labels[m] in set(data["size"])]
     fig = facet_lines(data, x="edits", hue="size", hue_order=order, col="panel", row="setting", title=title,
                       subtitle=_describe(data), hue_title="model (parameters)")
-    return FigureResult(name, title, LI, fig, data.drop(columns=["setting"]), notes=notes)
+    finding, agrees = _scale_finding(data, sized, labels, mixed)
+    return FigureResult(name, title, LI, fig, data.drop(columns=["setting"]), notes=notes, finding=finding,
+                        agrees=agrees)
+
+
+def _scale_finding(data: pd.DataFrame, sized: dict, labels: dict, mixed: bool) -> tuple[str, bool | None]:
+    """The largest model against the smallest one shown: the mean change of each one's scores."""
+    changes = score_changes(data, ["model", "dataset", "method", "regulariser"])
+    shown = sorted(set(changes.model), key=lambda m: (sized[m], m))
+    if len(shown) < 2:
+        return robustness_finding(group_summary(changes, ["model"]), "model", "largest", "smallest", str, "")
+    caveat = ("The models differ in more than size (family or instruction tuning), so this does not isolate scale."
+              if mixed else "")
+    return robustness_finding(group_summary(changes, ["model"]), "model", shown[-1], shown[0],
+                              lambda m: labels[m], "the larger model is harmed less", caveat)
 
 
 def relative_to_unedited(scores: pd.DataFrame, notes: list[str] | None = None) -> pd.DataFrame:
@@ -208,7 +258,13 @@ def li_fig5(tables: dict, config: dict | None = None) -> FigureResult:
                       subtitle=_describe(data) + "; mean over the category's tasks",
                       reference=pd.DataFrame({"method_panel": methods, "value": 100.0}),
                       reference_label="unedited (100%)", hue_title="ability (tasks)")
-    return FigureResult(name, title, LI, fig, data.drop(columns=["method_panel", "setting", "label"]), notes=notes)
+    # Values are percentages of the unedited score already: changes are in percentage points of it.
+    finding, agrees = harm_of(data, ["method"], _method_row_label, items=("category",), scale=1.0,
+                              what="mean change of the ability categories",
+                              units="percentage points of the unedited model's score, mean over seeds and "
+                                    "categories; negative = harm")
+    return FigureResult(name, title, LI, fig, data.drop(columns=["method_panel", "setting", "label"]), notes=notes,
+                        finding=finding, agrees=agrees)
 
 
 def li_fig6(tables: dict, config: dict | None = None) -> FigureResult:
@@ -237,4 +293,6 @@ def li_fig6(tables: dict, config: dict | None = None) -> FigureResult:
     fig = facet_lines(data, x="edits", hue="method", hue_order=methods, col="panel", col_order=panels,
                       row="setting", title=title, subtitle=_describe(data), hue_title="method",
                       hue_labels={m: method_label(m) for m in methods})
-    return FigureResult(name, title, LI, fig, data.drop(columns=["setting"]), notes=notes)
+    finding, agrees = harm_of(data, ["method"], _method_row_label, what="mean change of the safety scores")
+    return FigureResult(name, title, LI, fig, data.drop(columns=["setting"]), notes=notes, finding=finding,
+                        agrees=agrees)

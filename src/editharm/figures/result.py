@@ -37,6 +37,10 @@ class FigureResult:
     notes: list[str] = field(default_factory=list)
     table: pd.DataFrame | None = None   # a paper table: saved as the CSV (with its index) instead of `data`
     shown: pd.DataFrame | None = None   # the table as displayed (formatted cells)
+    # What this run's numbers show (a measured sentence stating its criterion), and whether that agrees
+    # with what the paper found (PAPER_FINDINGS); None when it cannot be judged (no data, descriptive).
+    finding: str | None = None
+    agrees: bool | None = None
 
     @property
     def status(self) -> str:
@@ -66,6 +70,8 @@ def publish(result: FigureResult, out_dir: str | Path, dpi: int = 150, show: boo
         data.to_csv(tmp, index=result.table is not None)
     meta = {"name": result.name, "title": result.title, "paper": result.paper, "status": result.status,
             "missing": result.missing, "notes": result.notes, "png": png.name,
+            "paper_finding": paper_finding(result.name), "finding": result.finding,
+            "agrees": None if result.missing else result.agrees,
             "created_unix": time.time(), "versions": figure_versions()}
     for col in ("model", "dataset", "method", "regulariser", "seed", "edits", "task", "tensor"):
         if col in result.data:
@@ -78,6 +84,10 @@ def publish(result: FigureResult, out_dir: str | Path, dpi: int = 150, show: boo
 
         if result.missing:
             display(Markdown(f"**Missing:** {result.missing}"))
+        if result.finding:
+            verdict = {True: "agrees", False: "does not agree", None: "cannot be judged"}[result.agrees]
+            display(Markdown(f"*Paper:* {paper_finding(result.name) or '?'}\n\n*This run ({verdict}):* "
+                             f"{result.finding}"))
         for note in result.notes:
             display(Markdown(f"*Note:* {note}"))
         _pyplot().show()
@@ -88,6 +98,25 @@ def publish(result: FigureResult, out_dir: str | Path, dpi: int = 150, show: boo
     else:
         _pyplot().close(result.figure)
     return png
+
+
+# figure name -> what its paper found; each paper module registers its PAPER_FINDINGS when imported
+# (importing the package imports them all), so that publishing one figure does not reach into the
+# other paper's module.
+_PAPER_FINDINGS: dict[str, str] = {}
+
+
+def register_paper_findings(findings: dict[str, str]) -> None:
+    for name, text in findings.items():
+        if _PAPER_FINDINGS.get(name, text) != text:
+            raise ValueError(f"two paper findings for figure {name!r}: {_PAPER_FINDINGS[name]!r} and {text!r}; "
+                             "each figure's finding belongs in its paper module's PAPER_FINDINGS only.")
+        _PAPER_FINDINGS[name] = text
+
+
+def paper_finding(name: str) -> str | None:
+    """What the paper found for figure `name` (the PAPER_FINDINGS of gu2024 and li2024), or None."""
+    return _PAPER_FINDINGS.get(name)
 
 
 def figure_versions() -> dict[str, str]:
