@@ -10,6 +10,7 @@ import html
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -107,7 +108,7 @@ def test_batch_figures_measure_from_the_unedited_model():
     ds = _downstream({"memit_b10": -0.003, "memit": -0.001}, edits=(0, 1, 10, 100))
     fig4 = F.gu_fig4(_tables(ds), config)
     # One batch of 10: -3 points; batch size 1 at n = 1: -0.1.
-    assert "MEMIT batch 10: -3.0 after 10 edits" in fig4.finding and "MEMIT batch 1: -0.1 after 1 edits" in fig4.finding
+    assert "MEMIT batch 10: -3.0 after 10 edits" in fig4.finding and "MEMIT batch 1: -0.1 after 1 edit " in fig4.finding
     assert fig4.agrees is True  # mean -1.55
     seq = F.gu_batch_sequential(_tables(ds), config)
     assert "MEMIT batch 10: -30.0 after 100 edits" in seq.finding and seq.agrees is True
@@ -200,6 +201,30 @@ def test_publish_and_index_show_the_findings_table(tmp_path: Path):
     assert "<b>yes</b>" in rows[0] and "<b>no</b>" in rows[1] and "<b>—</b>" in rows[2]
     assert "not rendered" in rows[2]
     assert text.index("id='findings'") < text.index("<div class='fig'")  # at the top
+
+
+def test_descriptive_figures_report_numbers_without_a_verdict(tmp_path: Path):
+    rows = []
+    for n in (0, 10, 100):
+        for t, numel, share in (("a.weight", 100.0, 0.001 * n), ("b.weight", 300.0, 0.003 * n)):
+            for metric, value in (("numel", numel), ("share_above_0.01", share), ("share_above_0.1", share / 2),
+                                  ("manhattan", 2.0 * n)):
+                rows.append(["tiny", "zsre", "rome", "none", 0, n, t, metric, value])
+    ws = pd.DataFrame(rows, columns=COLUMNS)
+    table = F.gu_table1({"weight_stats": ws}, {})
+    # Weighted by size: (100 * 0.1 + 300 * 0.3) / 400 = 25% above 0.01 after 100 edits; Manhattan 200 + 200.
+    assert table.agrees is None and "ROME after 100 edits: 25.00% of the edited elements" in table.finding
+    assert "more than 0.01" in table.finding and "Σ|ΔW| 400" in table.finding
+    from safetensors.numpy import save_file
+
+    paths = []
+    for n, scale in ((1, 1e-4), (8, 4e-4)):
+        path = tmp_path / "weightstats" / "tiny" / "zsre" / "rome" / "none" / "seed0" / f"n{n}" / "heatmaps.safetensors"
+        path.parent.mkdir(parents=True)
+        save_file({"a.weight": np.full((4, 4), scale, dtype=np.float32)}, str(path))
+        paths.append(str(path))
+    heat = F.gu_fig5(paths, {})
+    assert heat.agrees is None and "0.0001 after 1 edit, 0.0004 after 8 edits (x4)" in heat.finding
 
 
 def test_every_figure_has_a_paper_finding():

@@ -63,9 +63,13 @@ def _fmt(x: float) -> str:
     return f"{x:+.1f}"
 
 
+def edits_text(n) -> str:
+    return f"{int(n):,} edit{'s' if int(n) != 1 else ''}"
+
+
 def describe_groups(summary: pd.DataFrame, label) -> str:
     """'ROME: -12.3 after 100 edits (3 tasks); MEMIT: ...' from a group_summary frame."""
-    return "; ".join(f"{label(r)}: {_fmt(r.change)} after {int(r.edits):,} edits ({r.items} score"
+    return "; ".join(f"{label(r)}: {_fmt(r.change)} after {edits_text(r.edits)} ({r.items} score"
                      f"{'s' if r.items != 1 else ''})" for r in summary.itertuples())
 
 
@@ -116,10 +120,10 @@ def robustness_finding(summary: pd.DataFrame, key: str, robust: str, fragile: st
     if robust not in by.index or fragile not in by.index:
         return no_baseline(f"{robust} or {fragile} model"), None
     r, f = by.loc[robust], by.loc[fragile]
-    text = (f"mean change from the unedited model ({UNITS}): {label(robust)} {_fmt(r.change)} after {int(r.edits):,} edits, "
-            f"{label(fragile)} {_fmt(f.change)} after {int(f.edits):,} edits. Criterion: agree when "
-            f"{label(robust)}'s change is above {label(fragile)}'s ({claim}) while at least one is below "
-            f"-{HARM_THRESHOLD:g}.")
+    text = (f"mean change from the unedited model ({UNITS}): {label(robust)} {_fmt(r.change)} after "
+            f"{edits_text(r.edits)}, {label(fragile)} {_fmt(f.change)} after {edits_text(f.edits)}. Criterion: "
+            f"agree when the change of {label(robust)} is above that of {label(fragile)} ({claim}) while at least "
+            f"one is below -{HARM_THRESHOLD:g}.")
     if caveat:
         text += " " + caveat
     if min(r.change, f.change) >= -HARM_THRESHOLD:

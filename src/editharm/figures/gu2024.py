@@ -12,7 +12,7 @@ import pandas as pd
 from .data import (GU_TASKS, _describe, _paper_tasks, _scored, _setting, headline_metric, headline_scores,
                    method_key, method_label, method_specs, regulariser_key, task_label)
 from .draw import facet_bars, facet_lines, table_figure
-from .findings import HARM_THRESHOLD, group_summary, harm_of, no_baseline, score_changes
+from .findings import HARM_THRESHOLD, edits_text, group_summary, harm_of, no_baseline, score_changes
 from .result import FigureResult, _need_none, _no_downstream, register_paper_findings
 from .style import _pyplot
 
@@ -254,7 +254,7 @@ def _table1_finding(per_seed: pd.DataFrame) -> str | None:
     share = shares[0]
     parts = []
     for method, group in sorted(df.groupby("method"), key=lambda kv: method_key(kv[0])):
-        text = (f"{method_label(method)} after {int(group.edits.iloc[0]):,} edits: {100 * group[share].mean():.2f}% "
+        text = (f"{method_label(method)} after {edits_text(group.edits.iloc[0])}: {100 * group[share].mean():.2f}% "
                 f"of the edited elements changed by more than {_threshold_of(share):g} of their value")
         if "manhattan" in group:
             text += f" (Manhattan Σ|ΔW| {group.manhattan.mean():,.4g})"
@@ -366,8 +366,8 @@ def _fig5_finding(rows: pd.DataFrame) -> str | None:
         per_n = group.groupby("edits").mean_abs_change.mean().sort_index()
         first, last = per_n.iloc[0], per_n.iloc[-1]
         grow = f" (x{last / first:.3g})" if first > 0 and len(per_n) > 1 else ""
-        parts.append(f"{method_label(method)} · {reg}: mean |ΔW| per cell {first:.3g} after {per_n.index[0]:,} "
-                     f"edit(s), {last:.3g} after {per_n.index[-1]:,}{grow}")
+        parts.append(f"{method_label(method)} · {reg}: mean |ΔW| per cell {first:.3g} after "
+                     f"{edits_text(per_n.index[0])}, {last:.3g} after {edits_text(per_n.index[-1])}{grow}")
     return "; ".join(parts) + ". Descriptive: heat maps have no pass/fail criterion, so agreement is not judged."
 
 
@@ -437,7 +437,10 @@ def _fig7_finding(data: pd.DataFrame) -> tuple[str | None, bool | None]:
                     diffs.append(d)
                     here.append(f"{metric} {group[(reg, metric)]:.2f} vs {group[('none', metric)]:.2f} ({d:+.2f})")
             if here:
-                parts.append(f"{method_label(method)} {reg} against none: " + ", ".join(here))
+                n = data[(data.model == model) & (data.dataset == dataset) & (data.method == method)].edits.max()
+                who = f"{model} · " if data.model.nunique() > 1 else ""
+                parts.append(f"{who}{method_label(method)} after {edits_text(n)}, {reg} against none: "
+                             + ", ".join(here))
     if not diffs:
         return ("no RECT regulariser was run next to `none` on the same method, so RECT's cost in editing "
                 "performance cannot be measured."), None
@@ -485,7 +488,7 @@ def _fig8_finding(data: pd.DataFrame) -> tuple[str | None, bool | None]:
     for setting, group in summary.groupby("setting"):
         group = group.set_index("regulariser").loc[sorted(group.regulariser, key=regulariser_key)]
         n = int(group.edits.max())
-        parts.append(f"{setting}, after {n:,} edits: " + ", ".join(f"{r} {c:+.1f}" for r, c in group.change.items()))
+        parts.append(f"{setting}, after {edits_text(n)}: " + ", ".join(f"{r} {c:+.1f}" for r, c in group.change.items()))
         rects = [r for r in group.index if str(r).startswith("rect")]
         if "none" in group.index and rects and group.change["none"] < -HARM_THRESHOLD:
             verdicts.append(all(group.change[r] > group.change["none"] for r in rects))

@@ -55,6 +55,8 @@ def publish(result: FigureResult, out_dir: str | Path, dpi: int = 150, show: boo
         print(f"{result.title}: {result.missing}")
     for note in result.notes:
         print(f"Note: {note}")
+    if result.finding:
+        print(f"Finding: {result.finding}")
     if result.figure is None:
         if not result.missing:
             result.missing = ("no data left to draw after selecting this figure's rows"
