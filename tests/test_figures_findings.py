@@ -78,6 +78,20 @@ def test_flat_or_improving_scores_do_not_agree(name, slope):
     assert result.status == "ok" and result.agrees is False, result.finding
 
 
+@pytest.mark.parametrize("name", sorted(HARM_FIGURES))
+def test_a_collapsed_model_counts_as_harm(name):
+    ds = _downstream({"rome": 0.0, "memit": 0.0}, tasks=HARM_FIGURES[name])
+    flat = F.FIGURES[name][0](_tables(ds), {})
+    assert flat.agrees is False and "collapsed" not in flat.finding
+    # ROME's model gave no valid output at 100 edits: the table has a 'failed' row and no scores there.
+    ds = ds[~((ds.method == "rome") & (ds.edits == 100))]
+    failed = pd.DataFrame([["tiny", "zsre", "rome", "none", 0, 100, HARM_FIGURES[name][0][0], "failed", 1.0]],
+                          columns=COLUMNS)
+    result = F.FIGURES[name][0](_tables(pd.concat([ds, failed], ignore_index=True)), {})
+    assert result.agrees is True and "collapsed" in result.finding and "ROME, from 100 edits" in result.finding
+    assert "ROME: +0.0 after 10 edits" in result.finding  # the scores before the collapse
+
+
 def test_a_small_drop_within_the_threshold_is_not_harm():
     ds = _downstream({"rome": -0.00005})  # half a point over 100 edits
     assert F.gu_fig3(_tables(ds), {}).agrees is False
@@ -87,12 +101,15 @@ def test_perplexity_is_sign_flipped_so_that_negative_means_harm():
     ds = _downstream({"rome": 0.2}, tasks=(("wikitext", "word_perplexity"),), base=20.0)  # 20 -> 40: doubled
     ds = pd.concat([ds, _downstream({"rome": -0.002}, tasks=(("sst2", "accuracy"),))])
     changes = score_changes(ds, ["model", "dataset", "method"]).set_index("task")
-    assert changes.loc["wikitext", "change"] == pytest.approx(-100.0)
+    assert changes.loc["wikitext", "change"] == pytest.approx(-50.0)  # the inverse perplexity halves
     assert changes.loc["sst2", "change"] == pytest.approx(-20.0)
     assert (changes.edits == 100).all()
     # A falling perplexity is an improvement.
     better = _downstream({"rome": -0.1}, tasks=(("wikitext", "word_perplexity"),), base=20.0)  # 20 -> 10
-    assert score_changes(better, ["method"]).change.iloc[0] == pytest.approx(50.0)
+    assert score_changes(better, ["method"]).change.iloc[0] == pytest.approx(100.0)
+    # An exploding perplexity is bounded like an accuracy falling to 0.
+    exploded = _downstream({"rome": 1e6}, tasks=(("wikitext", "word_perplexity"),), base=20.0)
+    assert -100.0 < score_changes(exploded, ["method"]).change.iloc[0] < -99.9
 
 
 def test_a_group_without_an_unedited_score_has_no_change():

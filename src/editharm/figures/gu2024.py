@@ -12,7 +12,7 @@ import pandas as pd
 from .data import (GU_TASKS, _describe, _paper_tasks, _scored, _setting, headline_metric, headline_scores,
                    method_key, method_label, method_specs, regulariser_key, task_label)
 from .draw import facet_bars, facet_lines, table_figure
-from .findings import HARM_THRESHOLD, edits_text, group_summary, harm_of, no_baseline, score_changes
+from .findings import HARM_THRESHOLD, UNITS, collapsed, edits_text, group_summary, harm_of, no_baseline, score_changes
 from .result import FigureResult, _need_none, _no_downstream, register_paper_findings
 from .style import _pyplot
 
@@ -70,7 +70,8 @@ def gu_fig3(tables: dict, config: dict | None = None) -> FigureResult:
                                  for t in tasks if t in set(data.task)],
                       row="setting", title=title, subtitle=_describe(data), hue_title="method",
                       hue_labels={m: method_label(m) for m in methods})
-    finding, agrees = harm_of(data, ["method"], lambda r: method_label(r.method))
+    finding, agrees = harm_of(data, ["method"], lambda r: method_label(r.method),
+                              failed=collapsed(tables["downstream"], data))
     return FigureResult(name, title, GU, fig, data.drop(columns=["setting"]), notes=notes, finding=finding,
                         agrees=agrees)
 
@@ -125,12 +126,15 @@ def gu_fig4(tables: dict, config: dict | None = None) -> FigureResult:
                       xscale="log", xlabel="batch size (edits in one operation, log scale)",
                       reference=base[["setting", "panel", "value"]], title=title, subtitle=_describe(data),
                       hue_title="method", hue_labels={f: method_label(f) for f in fam})
-    # The change of one batch of B edits: from the unedited model (each method's edits = 0 rows) to n = B.
+    # The change of one batch of B edits: from the unedited model (each method's edits = 0 rows) to n = B;
+    # a collapse counts here only where it happened in that first batch.
+    failed = collapsed(tables["downstream"], data)
     unedited = headline_scores(ds[(ds.edits == 0) & ds.method.isin(set(data.method))], tasks)
     unedited = unedited.assign(batch_size=unedited.method.map(lambda m: specs[m]["batch_size"]),
                                family=unedited.method.map(lambda m: specs[m]["family"]))
     finding, agrees = harm_of(pd.concat([data.drop(columns=["setting"]), unedited], ignore_index=True),
-                              ["family", "batch_size"], _batch_label, what="mean change after one batch")
+                              ["family", "batch_size"], _batch_label, what="mean change after one batch",
+                              failed=failed[failed.edits == failed.method.map(lambda m: specs[m]["batch_size"])])
     return FigureResult(name, title, GU, fig, data.drop(columns=["setting"]), notes=notes, finding=finding,
                         agrees=agrees)
 
@@ -166,7 +170,8 @@ def gu_batch_sequential(tables: dict, config: dict | None = None) -> FigureResul
     order = [f"batch {b}" for b in sorted(data.batch_size.unique())]
     fig = facet_lines(data, x="edits", hue="batch", hue_order=order, col="panel", row="setting", title=title,
                       subtitle=_describe(data), hue_title="edits per operation")
-    finding, agrees = harm_of(data, ["family", "batch_size"], _batch_label)
+    finding, agrees = harm_of(data, ["family", "batch_size"], _batch_label,
+                              failed=collapsed(tables["downstream"], data))
     return FigureResult(name, title, GU, fig, data.drop(columns=["setting", "batch"]), notes=notes,
                         finding=finding, agrees=agrees)
 
@@ -488,12 +493,12 @@ def _fig8_finding(data: pd.DataFrame) -> tuple[str | None, bool | None]:
     for setting, group in summary.groupby("setting"):
         group = group.set_index("regulariser").loc[sorted(group.regulariser, key=regulariser_key)]
         n = int(group.edits.max())
-        parts.append(f"{setting}, after {edits_text(n)}: " + ", ".join(f"{r} {c:+.1f}" for r, c in group.change.items()))
+        parts.append(f"{setting}, after {edits_text(n)}: "
+                     + ", ".join(f"{r} {c:+.1f}" for r, c in group.change.items()))
         rects = [r for r in group.index if str(r).startswith("rect")]
         if "none" in group.index and rects and group.change["none"] < -HARM_THRESHOLD:
             verdicts.append(all(group.change[r] > group.change["none"] for r in rects))
-    text = ("mean change of the headline scores from the unedited model (points; perplexity: percent, sign "
-            "flipped; negative = harm): " + "; ".join(parts) + f". Criterion: agree when every RECT regulariser's "
+    text = (f"mean change of the headline scores from the unedited model ({UNITS}): " + "; ".join(parts) + f". Criterion: agree when every RECT regulariser's "
             f"change is above none's in each setting where none is below -{HARM_THRESHOLD:g}.")
     if not verdicts:
         return text + " No setting has both RECT and a harmed unregularised run, so it cannot be judged.", None

@@ -8,7 +8,7 @@ import pandas as pd
 from .data import (LI_TASKS, TASK_LABELS, _describe, _paper_tasks, _scored, headline_scores, method_key,
                    method_label, task_key, task_label)
 from .draw import facet_lines
-from .findings import group_summary, harm_of, robustness_finding, score_changes
+from .findings import collapsed, group_summary, harm_of, robustness_finding, score_changes
 from .models import _info, human_count
 from .result import FigureResult, _need_none, _no_downstream, register_paper_findings
 
@@ -60,7 +60,7 @@ def li_fig2(tables: dict, config: dict | None = None) -> FigureResult:
     panels = [p for t in tasks for p in sorted(data[data.task == t].panel.unique())]
     fig = facet_lines(data, x="edits", hue="panel", hue_order=panels, col="method_panel", col_order=methods,
                       row="setting", title=title, subtitle=_describe(data), hue_title="benchmark: metric")
-    finding, agrees = harm_of(data, ["method"], _method_row_label)
+    finding, agrees = harm_of(data, ["method"], _method_row_label, failed=collapsed(tables["downstream"], data))
     return FigureResult(name, title, LI, fig, data.drop(columns=["setting", "method_panel"]), notes=notes,
                         finding=finding, agrees=agrees)
 
@@ -262,7 +262,7 @@ def li_fig5(tables: dict, config: dict | None = None) -> FigureResult:
     finding, agrees = harm_of(data, ["method"], _method_row_label, items=("category",), scale=1.0,
                               what="mean change of the ability categories",
                               units="percentage points of the unedited model's score, mean over seeds and "
-                                    "categories; negative = harm")
+                                    "categories; negative = harm", failed=collapsed(tables["downstream"], data))
     return FigureResult(name, title, LI, fig, data.drop(columns=["method_panel", "setting", "label"]), notes=notes,
                         finding=finding, agrees=agrees)
 
@@ -293,6 +293,7 @@ def li_fig6(tables: dict, config: dict | None = None) -> FigureResult:
     fig = facet_lines(data, x="edits", hue="method", hue_order=methods, col="panel", col_order=panels,
                       row="setting", title=title, subtitle=_describe(data), hue_title="method",
                       hue_labels={m: method_label(m) for m in methods})
-    finding, agrees = harm_of(data, ["method"], _method_row_label, what="mean change of the safety scores")
+    finding, agrees = harm_of(data, ["method"], _method_row_label, what="mean change of the safety scores",
+                              failed=collapsed(tables["downstream"], data))
     return FigureResult(name, title, LI, fig, data.drop(columns=["setting"]), notes=notes, finding=finding,
                         agrees=agrees)
