@@ -66,7 +66,7 @@ def test_harm_growing_with_edits_agrees_and_quotes_the_change(name):
         assert "ROME: -33.3 after 100 edits" in result.finding and "MEMIT: -16.7" in result.finding
     else:
         assert "ROME: -20.0 after 100 edits" in result.finding and "MEMIT: -10.0" in result.finding
-        assert "-15.0" in result.finding  # the mean over the two methods
+        assert "Mean over the 2 groups: -15.0" in result.finding
     assert "Criterion" in result.finding
 
 
@@ -217,6 +217,13 @@ def test_publish_and_index_show_the_findings_table(tmp_path: Path):
     assert [r.split("<td>")[1].split("</td>")[0].count("gu_fig3") for r in rows] == [2, 0, 0]
     assert "<b>yes</b>" in rows[0] and "<b>no</b>" in rows[1] and "<b>—</b>" in rows[2]
     assert "not rendered" in rows[2]
+    missing = F.li_fig6(_tables(pd.DataFrame(columns=COLUMNS)), {})
+    F.publish(missing, tmp_path, show=False)
+    F.write_index(index, tmp_path, ["li_fig6"], {}, "x.yaml")
+    text = index.read_text()
+    table = text[text.index("<h2 id='findings'>"):text.index("</table>")]
+    assert "missing: no downstream scores in results/tables/downstream.csv (see below)." in table
+    assert "<b>—</b>" in table
     assert text.index("id='findings'") < text.index("<div class='fig'")  # at the top
 
 

@@ -88,9 +88,10 @@ def harm_finding(summary: pd.DataFrame, label, what: str = "mean change",
         return None, None
     overall = float(summary.change.mean())
     agrees = overall < -HARM_THRESHOLD
-    text = (f"{what} from the unedited model ({units}): {describe_groups(summary, label)}. "
-            f"Over the {len(summary)} group"
-            f"{'s' if len(summary) != 1 else ''}: {_fmt(overall)}. Criterion: agree when this is below "
+    several = len(summary) > 1
+    text = (f"{what} from the unedited model ({units}): {describe_groups(summary, label)}."
+            + (f" Mean over the {len(summary)} groups: {_fmt(overall)}." if several else "")
+            + f" Criterion: agree when the mean change{' over the groups' if several else ''} is below "
             f"-{HARM_THRESHOLD:g} (harm).")
     return text, agrees
 

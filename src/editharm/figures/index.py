@@ -35,7 +35,10 @@ def _findings_table(figures_dir: Path, names: Sequence[str]) -> list[str]:
     for n in names:
         meta_path = figures_dir / f"{n}.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        shown = meta.get("finding") or (f"missing: {meta['missing']}" if meta.get("missing") else "not rendered")
+        # A missing figure's statement is long; its first sentence says what is missing, the figure's
+        # section below says how to produce it.
+        missing = (meta.get("missing") or "").split(". ")[0].rstrip(".")
+        shown = meta.get("finding") or (f"missing: {missing} (see below)." if missing else "not rendered")
         verdict = _verdict(meta.get("agrees"))
         cls = {"yes": "yes", "no": "no"}.get(verdict, "")
         rows.append(f"<tr><td><a href='#{_esc(n)}'>{_esc(n)}</a></td>"
