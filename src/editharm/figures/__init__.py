@@ -8,10 +8,11 @@ module, every public name re-exported here:
   models    chat flag, base model and size of a model
   style     backend, theme, palette, markers, line styles
   draw      facet_lines, facet_bars, table_figure, placeholder_figure
-  result    FigureResult, publish (PNG, CSV, JSON), figure_versions
-  gu2024    Gu et al. 2024's figures and table
-  li2024    Li et al. 2024's figures
-  index     write_index (results/figures/index.html)
+  findings  each score's change from the unedited model; the measured finding and its criterion
+  result    FigureResult (with `finding`, `agrees`), publish (PNG, CSV, JSON), figure_versions
+  gu2024    Gu et al. 2024's figures and table, and PAPER_FINDINGS (what the paper found per figure)
+  li2024    Li et al. 2024's figures, and PAPER_FINDINGS
+  index     write_index (results/figures/index.html, with the findings table at the top)
 
 A figure job's code fingerprint (editharm/codehash.py) covers the definitions its notebook
 reaches through `F.<name>`: a figure's own function, the helpers it calls, and the module-level
