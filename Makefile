@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.editharm-installed
 CORES ?= 2
 
-.PHONY: run test dry-run clean-results
+.PHONY: run run-full test dry-run clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ SNAKEMAKE := $(BIN)/snakemake --profile profiles/local --cores $(CORES)
 run: $(STAMP)
 	$(BIN)/python -m editharm.locks $(SNAKEMAKE)
 	$(SNAKEMAKE)
+
+# The rest of the small-scale grid (configs/full.yaml, an overlay on config.yaml), into results-full/.
+run-full: $(STAMP)
+	$(BIN)/python -m editharm.locks $(SNAKEMAKE)
+	$(SNAKEMAKE) --configfile config.yaml configs/full.yaml
 
 dry-run: $(STAMP)
 	$(SNAKEMAKE) -n

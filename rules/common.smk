@@ -24,7 +24,7 @@ from editharm.config import (
     validate_config,
 )
 from editharm.methods import load_hparams
-from editharm.plan import Paths, chain_checkpoints, chains, edit_set_size, models_in_use, previous_checkpoint, scored_tasks
+from editharm.plan import Paths, chain_checkpoints, chains, edit_set_size, models_in_use, previous_checkpoint, scored_tasks, base_tasks
 from editharm.evaluate.tasks import get_task
 from editharm.codehash import Entry, file_entry, module_entry, write_fingerprint
 from editharm.datasets import get_format
@@ -224,7 +224,7 @@ def chain_files(kind):
 
 
 def base_score_files():
-    return sorted({P.base_score(c.model, t) for c in CHAINS for t in CFG["tasks"]})
+    return sorted({P.base_score(m, t) for m in models_in_use(CFG) for t in base_tasks(CFG, m)})
 
 
 FIGURE_NOTEBOOKS = list(FIGURES)

@@ -12,6 +12,7 @@ rule layer_stats:
     params:
         seq_len=covariance_seq_len(CFG),
     threads: THREADS
+    priority: 10  # before scoring, as edit_segment (rules/edit.smk)
     resources:
         mem_mb=8000,
         runtime=120,

@@ -18,6 +18,7 @@ rule train_method:
         module=lambda w: method_module_path(CFG, w.method),
         seed=CFG["seeds"][0],
     threads: THREADS
+    priority: 10  # before scoring, as edit_segment
     resources:
         mem_mb=16000,
         runtime=240,
@@ -43,6 +44,9 @@ rule edit_segment:
         batch_size=lambda w: edit_batch_size(CFG, w.method),
         stats=lambda w: Canonical(stats_inputs(w.model, w.method)),
     threads: THREADS
+    # The editing chains are the run's critical path (each segment waits for the one before),
+    # so they start before scoring jobs, which can fill the other core at any time.
+    priority: 10
     resources:
         mem_mb=16000,
         runtime=720,

@@ -24,6 +24,26 @@ def test_shipped_configs_are_valid(monkeypatch):
         validate_config(yaml.safe_load((ROOT / name).read_text()), name)
 
 
+def test_full_overlay_merged_on_the_default_is_valid_and_extends_it(monkeypatch):
+    """configs/full.yaml is read after config.yaml (`--configfile config.yaml configs/full.yaml`), merged
+    as snakemake merges config files: its experiments replace the default's, the others stay."""
+    from snakemake.utils import update_config
+
+    from editharm.plan import chains
+
+    monkeypatch.chdir(ROOT)
+    default = yaml.safe_load((ROOT / "config.yaml").read_text())
+    merged = yaml.safe_load((ROOT / "config.yaml").read_text())
+    update_config(merged, yaml.safe_load((ROOT / "configs" / "full.yaml").read_text()))
+    validate_config(merged, "config.yaml + configs/full.yaml")
+    assert merged["results_dir"] != default["results_dir"]
+    longest = {(c.model, c.method): c.max_edits for c in chains(merged) if c.regulariser == "none"}
+    assert longest[("smollm2-135m", "rome")] == 1000 and longest[("smollm2-135m", "memit")] == 1000
+    assert {m for (model, m), n in longest.items() if model == "gemma3-270m" and n >= 100} >= {
+        "rome", "memit", "kn", "mend", "pmet", "alphaedit", "ft", "serac", "grace"}
+    assert set(merged["experiments"]) >= set(default["experiments"])
+
+
 def test_bad_regulariser_value_names_key_and_allowed_forms(ci_config):
     ci_config["experiments"]["regularisers"]["regularisers"] = ["none", "rect40"]
     with pytest.raises(ConfigError) as err:

@@ -1,6 +1,6 @@
 import pytest
 
-from editharm.plan import Chain, chain_checkpoints, chains, previous_checkpoint, scored_tasks
+from editharm.plan import Chain, chain_checkpoints, chains, previous_checkpoint, scored_tasks, base_tasks
 
 
 def _config(**experiments):
@@ -42,3 +42,12 @@ def test_final_tasks_are_scored_where_an_experiment_ends_unless_it_opts_out():
     config["experiments"]["grid"]["final_tasks"] = True
     assert scored_tasks(config, rect, 10) == ["lambada", "mmlu", "piqa"]
     assert scored_tasks(config, none, 10) == ["lambada", "mmlu", "piqa"]
+
+
+def test_the_unedited_model_is_scored_on_what_its_chains_score():
+    exp = dict(datasets=["d"], methods=["rome"], regularisers=["none"])
+    config = _config(small=dict(exp, models=["small"], max_edits=10),
+                     big=dict(exp, models=["big"], max_edits=10, final_tasks=False))
+    config["tasks"] = {"mmlu": {"at": "final"}, "lambada": {}}
+    assert base_tasks(config, "small") == ["mmlu", "lambada"]
+    assert base_tasks(config, "big") == ["lambada"]

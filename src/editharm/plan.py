@@ -71,6 +71,14 @@ def scored_tasks(config: dict, chain: Chain, n: int) -> list[str]:
     return [t for t in config["tasks"] if task_schedule(config, t) == "every" or final_here]
 
 
+def base_tasks(config: dict, model: str) -> list[str]:
+    """The tasks the unedited model is scored on: every task some chain on it scores, since the
+    figures compare each checkpoint's score with the unedited one."""
+    wanted = {t for c in chains(config) if c.model == model
+              for n in chain_checkpoints(config, c) for t in scored_tasks(config, c, n)}
+    return [t for t in config["tasks"] if t in wanted]
+
+
 def previous_checkpoint(checkpoints: list[int], n: int) -> int:
     """The checkpoint a segment ending at n starts from (0 = the unedited model)."""
     if n not in checkpoints:
