@@ -91,3 +91,13 @@ def test_bad_sha256_is_rejected_by_the_schema(ci_config):
     ci_config["datasets"]["sst2"]["files"]["dev.tsv"]["sha256"] = "abc"
     with pytest.raises(ConfigError, match=r"datasets.sst2.files.dev.tsv.sha256: value 'abc' does not match"):
         validate_config(ci_config, "ci.yaml")
+
+
+def test_final_tasks_that_no_experiment_scores_are_an_error(ci_config):
+    ci_config["tasks"]["sst2"]["at"] = "final"
+    for exp in ci_config["experiments"].values():
+        exp["final_tasks"] = False
+    with pytest.raises(ConfigError, match=r"tasks: sst2 is scheduled `at: final`.*final_tasks: true"):
+        validate_config(ci_config, "ci.yaml")
+    next(iter(ci_config["experiments"].values()))["final_tasks"] = True
+    validate_config(ci_config, "ci.yaml")

@@ -182,6 +182,12 @@ def _semantic_problems(config: dict) -> list[str]:
         for ds in filter(None, (task.DATASET, task.SHOTS_DATASET)):
             if ds not in config["datasets"]:
                 problems.append(f"key tasks.{task_name}: the task reads dataset {ds!r}, which is not defined under `datasets`")
+    finals = [t for t, spec in config["tasks"].items() if (spec or {}).get("at") == "final"]
+    if finals and not any(exp.get("final_tasks", True) for exp in config["experiments"].values()):
+        # Without one experiment that scores them, these tasks would silently never run.
+        problems.append(f"key tasks: {', '.join(finals)} {'is' if len(finals) == 1 else 'are'} scheduled `at: final`, but "
+                        "every experiment sets `final_tasks: false`, so nothing would score them; set `final_tasks: true` "
+                        "(or remove the key) on one experiment, or schedule them `at: every`")
     return problems
 
 
