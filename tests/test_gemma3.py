@@ -127,3 +127,7 @@ def test_li_figures_render_with_the_two_default_models_and_say_what_they_cannot_
     fig4 = F.li_fig4(tables, config, info)
     assert fig4.missing is None and set(fig4.data.params) == {134_515_008, 268_098_176}
     assert any("cannot isolate scale" in n and "gemma3 family, base" in n for n in fig4.notes)
+    # Each model has one colour in both figures (the legends' first words are the model names).
+    colour = lambda fig: {t.get_text().split()[0]: h.get_color() for lg in fig.figure.legends
+                          for h, t in zip(lg.legend_handles, lg.texts) if t.get_text().split()[0] in info}
+    assert colour(fig3) == colour(fig4) and len(set(map(str, colour(fig3).values()))) == 2

@@ -18,6 +18,7 @@ from .style import LINESTYLES, MARKERS, _pyplot, palette
 
 EDITS_LABEL = "number of edits (log scale; 0 = unedited)"
 SCORE_LABEL = "score (0–1)"
+PERPLEXITY_LABEL = "perplexity (log scale; lower is better)"
 
 
 def _fmt_tick(v: float) -> str:
@@ -121,7 +122,12 @@ def facet_lines(df: pd.DataFrame, *, x: str, hue: str, col: str, row: str | None
         ax.set_title(f"{r}\n{c}" if r is not None else f"{single}\n{c}" if single is not None else str(c))
         first_col = (i % ncols) == 0
         last_row = (i // ncols) == nrows - 1 or (row is None and i + ncols >= len(cells))
-        ax.set_ylabel(ylabel if first_col else "")
+        # A perplexity panel (unbounded, lower is better) among 0–1 scores gets its own label and a
+        # log axis: a collapse to 1e50 would flatten its line on a linear one.
+        perplexity = ylabel == SCORE_LABEL and float(panel["mean"].max()) > 1.0
+        if perplexity:
+            ax.set_yscale("log")
+        ax.set_ylabel(PERPLEXITY_LABEL if perplexity else ylabel if first_col else "")
         ax.set_xlabel(xlabel if last_row else "")
 
     handles = [Line2D([], [], color=colours[h], marker=MARKERS[i % len(MARKERS)] if not style else None,

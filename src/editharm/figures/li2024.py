@@ -93,7 +93,7 @@ def li_fig3(tables: dict, config: dict | None = None, model_info: dict | None = 
     both = both[both == 2].reset_index()[["family", "setting"]]
     unpaired = sorted(set(data.model) - set(data.merge(both, on=["family", "setting"]).model))
     if both.empty:
-        return _li_fig3_across_families(name, title, data, found, notes)
+        return _li_fig3_across_families(name, title, data, found, notes, _by_size(data.model.unique(), info))
     if unpaired:
         notes.append(f"Left out (no base/chat partner with the same method and dataset): {', '.join(unpaired)}. "
                      "Partners are named the same without '-chat'/'-instruct'.")
@@ -117,7 +117,14 @@ def _variant_finding(data: pd.DataFrame, confounded: bool) -> tuple[str, bool | 
                               lambda v: f"{v} models", "chat models are harmed less", caveat)
 
 
-def _li_fig3_across_families(name: str, title: str, data: pd.DataFrame, found: str, notes: list[str]) -> FigureResult:
+def _by_size(models, info: dict) -> list[str]:
+    """Models from smallest to largest (unknown sizes last), the order of Fig. 4's legend: Fig. 3 uses it too,
+    so that a model has the same colour in both."""
+    return sorted(models, key=lambda m: (info[m]["params"] or float("inf"), m))
+
+
+def _li_fig3_across_families(name: str, title: str, data: pd.DataFrame, found: str, notes: list[str],
+                             models: list[str]) -> FigureResult:
     """Li Fig. 3 without a base/chat pair of one model: base and chat models of different families that
     were edited with the same method and dataset (the default run: SmolLM2-135M-Instruct, Gemma-3-270M base)."""
     variants = data.groupby("setting").variant.nunique()
@@ -133,7 +140,7 @@ def _li_fig3_across_families(name: str, title: str, data: pd.DataFrame, found: s
         "instruction tuning, so a gap between the lines cannot be attributed to instruction tuning (Li et al.'s "
         "question); the figure shows whether editing harms a base and a chat model alike, not why. For the "
         "paper's comparison, add a base model and its chat version (e.g. the li2024 preset's Llama-2-7B pair).")
-    models = sorted(data.model.unique())
+    models = [m for m in models if m in set(data.model)]
     fig = facet_lines(data, x="edits", hue="model", hue_order=models, style="variant", style_order=["base", "chat"],
                       col="panel", row="setting", title=title,
                       subtitle=_describe(data) + "; solid: base, dashed: chat (different model families)",
@@ -185,7 +192,7 @@ def li_fig4(tables: dict, config: dict | None = None, model_info: dict | None = 
         return FigureResult(name, title, LI, missing=(
             "models of different sizes were not edited with the same method and dataset; put them in the same "
             "experiment (`experiments.<name>.models`)."), notes=notes)
-    order = [labels[m] for m in sorted(sized, key=lambda m: (sized[m], m)) if labels[m] in set(data["size"])]
+    order = [labels[m] for m in _by_size(sized, info) if labels[m] in set(data["size"])]
     fig = facet_lines(data, x="edits", hue="size", hue_order=order, col="panel", row="setting", title=title,
                       subtitle=_describe(data), hue_title="model (parameters)")
     finding, agrees = _scale_finding(data, sized, labels, mixed)
