@@ -29,12 +29,12 @@ continuations, as MMLU's, its logits cache shares one context pass among the cho
 Scores and item-level agreement come from the check script's comparisons (per-choice
 log-likelihoods, argmax flips, near ties, identical prompt strings, its tolerances).
 
-Also measured (--long-n > 0): the cost of the engine's packed 4D segment mask on long
-MMLU rows (5-shot prompts of --long-tokens tokens; docs/benchmarks.md found +32% at
-2,304 tokens). The engine has no switch for it, so the same batches are scored once by
-score_choices (4D mask) and once right-padded without a mask, which is exact for MMLU's
+Also measured (--long-n > 0): what the 4D segment mask costs on long MMLU rows (5-shot
+prompts of --long-tokens tokens; docs/benchmarks.md found +32% at 2,304 tokens). The
+engine now scores such rows right-padded without a mask, which is exact for MMLU's
 one-token choices (a row is the context alone; no real token attends to a pad) and lets
-attention take its causal fast path; the two variants alternate like the engines.
+attention take its causal fast path; the same batches are also scored with the segment
+mask, as the engine did before, and the two variants alternate like the engines.
 
 Tiny check (proves the pipeline, not the speed; 9 minutes at load 7-9 with the first data acquisition):
 
@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -281,54 +282,50 @@ def long_mmlu_items(rows_of, tokenizer, n: int, target_tokens: int) -> tuple[lis
     return [pool[k] for k in order], [lengths[k] for k in order]
 
 
-def score_unmasked(model, tokenizer, items, batch_size: int) -> list[list[float]]:
-    """The engine's own batches of one-token-choice items, right-padded and scored without the 4D mask.
+def score_with_segment_mask(model, tokenizer, items, batch_size: int) -> list[list[float]]:
+    """The engine's own batches, each packed with the 4D segment mask: how the engine scored them before session 12.
 
-    With one-token choices the packed row is the context alone (no segments), so the
-    engine's segment mask is the causal mask plus padding; right padding puts every pad
-    after every real token, so under plain causal attention no real token sees a pad and
-    dropping the mask is exact. It uses the engine's internals (_make_unit, _batches,
-    pack_units, _score_batch) so that the mask is the only difference.
+    The engine now runs one-segment rows (MMLU's one-token choices: the row is the context
+    alone) right-padded without a mask; this is the same batches, layout and read positions
+    with the explicit L x L mask, so that the mask is the only difference. It uses the
+    engine's internals (_make_unit, _batches, pack_units, _score_batch).
     """
     max_len = model_max_length(model)
     units = []
     for i, item in enumerate(items):
         ctx, conts = encode_choices(tokenizer, item.context, item.choices)
-        if any(len(c) != 1 for c in conts):
-            raise ValueError(f"item {item.id}: a choice of several tokens needs the segment mask")
         units.append(_make_unit(i, ctx, conts, max_len, item.id))
     units.sort(key=lambda u: u.length, reverse=True)
     vocab = getattr(model.config, "vocab_size", None) or len(tokenizer)
     device = next(model.parameters()).device
     logprobs: list[list[float]] = [[] for _ in items]
     for batch in _batches(units, batch_size, vocab):
-        packed = pack_units(batch, _pad_id(tokenizer), "right", torch.float32, device)
-        packed.attention_mask = None
+        packed = pack_units(batch, _pad_id(tokenizer), "right", torch.float32, device, mask="segments")
         lps, _ = _score_batch(model, packed)
         for unit, lp in zip(batch, lps):
-            logprobs[unit.index] = [choice[0] for choice in lp]
+            logprobs[unit.index] = [math.fsum(choice) for choice in lp]
     return logprobs
 
 
 def mask_cost(model, tokenizer, items, lengths: list[int], batch_size: int, rounds: int) -> dict:
-    """Docs/s of long MMLU rows with the engine's packed 4D mask and without a mask, alternating."""
-    timings: dict[str, list[dict]] = {"packed_4d_mask": [], "no_mask": []}
+    """Docs/s of long MMLU rows with the 4D segment mask (before) and through the engine (no mask), alternating."""
+    timings: dict[str, list[dict]] = {"segment_mask": [], "engine_no_mask": []}
     max_diff = 0.0
     for _ in range(rounds):
         for variant in timings:
             load_before = os.getloadavg()
             wall, cpu = time.perf_counter(), time.process_time()
-            if variant == "packed_4d_mask":
-                masked = [o.logprobs for o in score_choices(model, tokenizer, items, batch_size=batch_size, progress=False)]
+            if variant == "segment_mask":
+                masked = score_with_segment_mask(model, tokenizer, items, batch_size)
             else:
-                plain = score_unmasked(model, tokenizer, items, batch_size)
+                plain = [o.logprobs for o in score_choices(model, tokenizer, items, batch_size=batch_size, progress=False)]
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             timings[variant].append({"wall_s": wall, "cpu_s": cpu, "docs": len(items), "load_before": load_before,
                                      "load_after": os.getloadavg()})
         max_diff = max(max_diff, max(abs(a - b) for m, p in zip(masked, plain) for a, b in zip(m, p)))
-    packed, bare = speed(timings["packed_4d_mask"]), speed(timings["no_mask"])
+    packed, bare = speed(timings["segment_mask"]), speed(timings["engine_no_mask"])
     return {"n": len(items), "tokens_min": min(lengths), "tokens_mean": sum(lengths) / len(lengths),
-            "tokens_max": max(lengths), "batch_size": batch_size, "packed_4d_mask": packed, "no_mask": bare,
+            "tokens_max": max(lengths), "batch_size": batch_size, "segment_mask": packed, "engine_no_mask": bare,
             "mask_extra_cost_wall": packed["wall_s"] / bare["wall_s"] - 1,
             "mask_extra_cost_cpu": packed["cpu_s"] / bare["cpu_s"] - 1,
             "max_abs_loglik_diff": max_diff, "rounds": timings}
@@ -366,13 +363,13 @@ def markdown(report: dict) -> str:
                      f"{t['load_before'][0]:.1f} / {t['load_after'][0]:.1f} | {scores} | {agree} |")
     m = report.get("mask_cost")
     if m:
-        lines += ["", "Long MMLU rows, editharm engine with its packed 4D segment mask against the same batches "
-                      "without a mask (exact for one-token choices):", "",
-                  "| rows | tokens min / mean / max | batch size | packed 4D mask docs/s | no mask docs/s | "
+        lines += ["", "Long MMLU rows, the same batches with the 4D segment mask (the engine before) and through "
+                      "the engine, which runs them without a mask (exact for one-token choices):", "",
+                  "| rows | tokens min / mean / max | batch size | 4D segment mask docs/s | engine, no mask docs/s | "
                   "extra cost of the mask (wall / CPU) | max abs dLL between them |",
                   "|---|---|---|---|---|---|---|",
                   f"| {m['n']} | {m['tokens_min']} / {m['tokens_mean']:.0f} / {m['tokens_max']} | {m['batch_size']} | "
-                  f"{m['packed_4d_mask']['docs_per_s']:.3f} | {m['no_mask']['docs_per_s']:.3f} | "
+                  f"{m['segment_mask']['docs_per_s']:.3f} | {m['engine_no_mask']['docs_per_s']:.3f} | "
                   f"{100 * m['mask_extra_cost_wall']:+.1f}% / {100 * m['mask_extra_cost_cpu']:+.1f}% | "
                   f"{m['max_abs_loglik_diff']:.1e} |"]
     return "\n".join(lines)

@@ -59,6 +59,57 @@ def test_batched_shared_context_equals_naive_per_choice(tiny, pad_side, batch_si
         assert out.char_counts == [len(c) for c in item.choices]
 
 
+ONE_SEGMENT_ITEMS = [
+    # one token each under the tests' byte-level tokenizer, as " A" is under SmolLM2's
+    ChoiceItem("letters", "Question: pick one. Choices: A B C D. Answer:", ("A", "B", "C", "D"), 0),
+    ChoiceItem("letters_long", "A longer question with more words before it asks to pick. Answer:", ("A", "B"), 1),
+    ChoiceItem("one_choice", "the cat sat on the", (" mat and slept",), 0),
+]
+
+
+def _masks_seen(model, monkeypatch) -> list:
+    seen = []
+    forward = type(model).forward
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("attention_mask"))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", spy)
+    return seen
+
+
+@pytest.mark.parametrize("pad_side", ["left", "right"])
+def test_one_segment_rows_run_without_a_mask(tiny, pad_side, monkeypatch):
+    """One choice, or one-token choices: the row's mask is the causal one, so none is built (fused causal attention).
+
+    The rows differ in length, so they are padded: right padding is what makes dropping the
+    mask exact, whatever pad side is asked for; the scores still equal one pass per choice.
+    """
+    model, tokenizer = tiny
+    assert all(engine._Unit(0, *encode_choices(tokenizer, it.context, it.choices)).causal for it in ONE_SEGMENT_ITEMS)
+    expected = [naive_logprobs(model, tokenizer, item) for item in ONE_SEGMENT_ITEMS]
+    seen = _masks_seen(model, monkeypatch)
+    outputs = score_choices(model, tokenizer, ONE_SEGMENT_ITEMS, batch_size=4, pad_side=pad_side, progress=False)
+    assert seen and all(mask is None for mask in seen)
+    for item, out, exp in zip(ONE_SEGMENT_ITEMS, outputs, expected):
+        assert out.logprobs == pytest.approx(exp, abs=TOL), item.id
+
+
+def test_several_token_choices_keep_the_segment_mask(tiny, monkeypatch):
+    model, tokenizer = tiny
+    seen = _masks_seen(model, monkeypatch)
+    score_choices(model, tokenizer, [CHOICE_ITEMS[0]], progress=False)
+    assert len(seen) == 1 and seen[0] is not None and seen[0].dim() == 4
+
+
+def test_no_mask_needs_right_padding():
+    unit = engine._Unit(0, [1, 2, 3], [[4]])
+    with pytest.raises(ValueError, match="right padding"):
+        engine.pack_units([unit], 0, "left", torch.float32, "cpu", mask="none")
+    assert engine.pack_units([unit], 0, "right", torch.float32, "cpu", mask="none").attention_mask is None
+
+
 def test_tokenizer_padding_side_does_not_change_scores():
     model, tokenizer = random_model("llama", seed=2)
     tokenizer.padding_side = "left"

@@ -101,10 +101,11 @@ def test_items_within_the_window_stay_packed(gemma):
     assert stats["tokens"] == sum(len(ctx) + len(c) - 1 for c in conts)
 
 
-def test_padding_mask_refuses_several_choices_in_a_row():
+@pytest.mark.parametrize("mask", ["padding", "none"])
+def test_masks_without_segments_refuse_several_choices_in_a_row(mask):
     unit = engine._Unit(0, [1, 2], [[3, 4], [5]])
     with pytest.raises(ValueError, match="one choice per unit"):
-        engine.pack_units([unit], 0, "left", torch.float32, "cpu", padding_mask=True)
+        engine.pack_units([unit], 0, "right", torch.float32, "cpu", mask=mask)
 
 
 def test_rolling_windows_of_different_lengths_equal_plain_forward(gemma):

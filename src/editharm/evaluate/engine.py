@@ -24,6 +24,13 @@ Why packing: on SmolLM2-135M (2 shared CPU cores) SST-2 scored this way ran at 1
 raw forward tokens/s (the skipped lm head), 2.9x the examples/s of one padded row per
 choice, and TruthfulQA-style multi-token choices 1.8x faster than running the context
 with a KV cache and expanding the cache across choices (benchmarks/bench_scoring.py).
+A row that holds one segment only - an item with one choice (LAMBADA, a rolling window)
+or whose choices are one token each (MMLU's letters: the row is the context alone) - needs
+no segment mask: its mask is the causal one. Such rows are right-padded and run with no
+mask at all, so no real token can see a pad and attention takes its fused causal kernel
+(an explicit L x L mask cost +25-32% at 2,048-2,304 tokens on SmolLM2, benchmarks/). A
+wrapper that reads the mask for more than attention (SERAC pools its classifier feature
+over the real tokens) is always given one.
 The custom mask replaces the model's own, which would drop the window of sliding-window
 layers (Gemma 3's local layers: a key more than `sliding_window` positions back is hidden).
 On such a model an item whose sequences fit the window is packed as above (the window
@@ -47,6 +54,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from tqdm import tqdm
+
+from transformers import PreTrainedModel
 
 from editharm.models import head_logits
 from editharm.evaluate.tasks.base import ChoiceItem, ChoiceOutput, GenerationItem, RollingItem, RollingOutput, Task
@@ -182,6 +191,11 @@ class _Unit:
     def n_keep(self) -> int:
         return 1 + sum(len(c) - 1 for c in self.conts)
 
+    @property
+    def causal(self) -> bool:
+        """One segment only (one choice, or one-token choices: the row is the context), so its mask is the causal one."""
+        return len(self.conts) == 1 or all(len(c) == 1 for c in self.conts)
+
 
 def _make_unit(index: int, ctx: list[int], conts: list[list[int]], max_len: int | None, item_id: str) -> _Unit:
     if max_len is not None:
@@ -222,26 +236,35 @@ def _batches(units: list[_Unit], batch_size: int, vocab: int) -> Iterator[list[_
 @dataclass
 class PackedBatch:
     input_ids: torch.Tensor     # [B, L]
-    attention_mask: torch.Tensor  # [B, 1, L, L] additive float mask, or [B, L] padding mask (padding_mask=True)
+    attention_mask: torch.Tensor | None  # [B, 1, L, L] additive float mask, [B, L] padding mask, or None (MASKS)
     position_ids: torch.Tensor  # [B, L]
     keep: torch.Tensor          # [B, K] positions whose logits are read
     targets: list[list[list[tuple[int, int]]]]  # per row, per choice: (kept index, token id)
     n_tokens: int               # real (non-pad) input tokens
 
 
-def pack_units(units: Sequence[_Unit], pad_id: int, pad_side: str, dtype: torch.dtype, device,
-               padding_mask: bool = False) -> PackedBatch:
-    """Padded input ids, the segment attention mask, position ids and read positions.
+MASKS = ("segments", "padding", "none")
 
-    padding_mask  give a [B, L] mask of real tokens instead of the 4D segment mask, so the
-                  model builds its own causal (and sliding-window) masks; only for units of
-                  one choice, whose segment mask is the plain causal one
+
+def pack_units(units: Sequence[_Unit], pad_id: int, pad_side: str, dtype: torch.dtype, device,
+               mask: str = "segments") -> PackedBatch:
+    """Padded input ids, the attention mask, position ids and read positions.
+
+    mask  "segments": the 4D segment mask, for any unit;
+          "padding": a [B, L] mask of real tokens, from which the model builds its own causal
+          (and sliding-window) masks;
+          "none": no mask; right padding only, so that no real token attends to a pad.
+          The last two only for causal units (one segment), whose segment mask is the causal one.
     """
     if pad_side not in ("left", "right"):
         raise ValueError(f"pad_side must be 'left' or 'right', got {pad_side!r}")
-    if padding_mask and any(len(u.conts) > 1 for u in units):
-        raise ValueError("pack_units: a padding mask cannot keep several choices of a row apart; "
+    if mask not in MASKS:
+        raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
+    if mask != "segments" and not all(u.causal for u in units):
+        raise ValueError(f"pack_units: mask={mask!r} cannot keep several choices of a row apart; "
                          "split the items one choice per unit")
+    if mask == "none" and pad_side != "right":
+        raise ValueError("pack_units: without a mask only right padding is exact (a left pad would be attended)")
     B = len(units)
     L = max(u.length for u in units)
     K = max(u.n_keep for u in units)
@@ -274,7 +297,9 @@ def pack_units(units: Sequence[_Unit], pad_id: int, pad_side: str, dtype: torch.
         keep[b, len(row_keep):] = row_keep[0]  # filler: a real position, read and ignored
         targets.append(row_targets)
         n_tokens += n
-    if padding_mask:
+    if mask == "none":
+        return PackedBatch(ids.to(device), None, pos.to(device), keep.to(device), targets, n_tokens)
+    if mask == "padding":
         return PackedBatch(ids.to(device), (seg >= 0).long().to(device), pos.to(device), keep.to(device), targets,
                            n_tokens)
     key_seg, query_seg = seg[:, None, :], seg[:, :, None]
@@ -282,9 +307,34 @@ def pack_units(units: Sequence[_Unit], pad_id: int, pad_side: str, dtype: torch.
     allowed = causal & (key_seg >= 0) & ((key_seg == 0) | (key_seg == query_seg))
     # A pad query attends to itself, so no softmax row is empty.
     allowed |= torch.eye(L, dtype=torch.bool) & (query_seg < 0)
-    mask = torch.zeros((B, 1, L, L), dtype=dtype)
-    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-    return PackedBatch(ids.to(device), mask.to(device), pos.to(device), keep.to(device), targets, n_tokens)
+    additive = torch.zeros((B, 1, L, L), dtype=dtype)
+    additive.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    return PackedBatch(ids.to(device), additive.to(device), pos.to(device), keep.to(device), targets, n_tokens)
+
+
+def _mask_groups(model, units: list[_Unit]) -> list[tuple[list[_Unit], str]]:
+    """The units grouped by the attention mask they are packed with (module docstring).
+
+    Causal units go without a mask to a transformers model, which then applies its own causal
+    and sliding-window masks; a wrapper gets a padding mask on a sliding-window model (so the
+    window is kept) and the segment mask elsewhere. A packed unit whose longest choice reaches
+    past a sliding window is split into one causal unit per choice; the rest keep the segment mask.
+    """
+    window = sliding_window(model)
+    causal: list[_Unit] = []
+    packed: list[_Unit] = []
+    for u in units:
+        if u.causal:
+            causal.append(u)
+        elif window is not None and u.span > window:
+            causal += [_Unit(u.index, u.ctx, [c], first=u.first + k) for k, c in enumerate(u.conts)]
+        else:
+            packed.append(u)
+    if isinstance(model, PreTrainedModel):
+        causal_mask = "none"
+    else:
+        causal_mask = "padding" if window is not None else "segments"
+    return [(group, mask) for group, mask in ((causal, causal_mask), (packed, "segments")) if group]
 
 
 def _target_logits(model, batch: PackedBatch, rows_t: torch.Tensor, kept_t: torch.Tensor, vocab: int):
@@ -370,8 +420,9 @@ def score_choices(model, tokenizer, items: Sequence[ChoiceItem], batch_size: int
 
     token_details  also return each choice's token ids and the model's argmax at each
                    (teacher-forced) position, for token-level accuracy
-    pad_side       "left" or "right" layout of the padded batch (default: the tokenizer's
-                   side); the numbers do not depend on it
+    pad_side       "left" or "right" layout of the padded batches that carry a mask (default:
+                   the tokenizer's side; rows without one are right-padded); the numbers do
+                   not depend on it
     stats          if given, `tokens` (real input tokens) and `tokens_unshared` (what one
                    pass per choice would have cost) are added to it
     """
@@ -387,23 +438,17 @@ def score_choices(model, tokenizer, items: Sequence[ChoiceItem], batch_size: int
         units.append(_make_unit(i, ctx, conts, max_len, item.id))
     _add_stat(stats, "tokens_unshared", sum(len(u.ctx) * len(u.conts) + sum(len(c) for c in u.conts) for u in units))
     conts_of = {u.index: u.conts for u in units}
-    # (units, padding mask?) groups: packed with the segment mask, or one choice per row with a
-    # padding mask where a sliding window would hide part of a packed row (module docstring)
-    groups = [(units, False)]
-    window = sliding_window(model)
-    if window is not None:
-        alone = [_Unit(u.index, u.ctx, [c], first=k) for u in units if u.span > window for k, c in enumerate(u.conts)]
-        groups = [(alone, True), ([u for u in units if u.span <= window], False)]
     vocab = getattr(model.config, "vocab_size", None) or len(tokenizer)
     device, dtype, pad_id = _device(model), _mask_dtype(model), _pad_id(tokenizer)
     logprobs: list[list[float]] = [[0.0] * len(it.choices) for it in items]
     argmaxes: list[list[list[int]]] = [[[] for _ in it.choices] for it in items]
     pending = [len(it.choices) for it in items]
     with _progress(len(items), "scoring choices", progress) as bar:
-        for group, padding_mask in groups:
+        for group, mask in _mask_groups(model, units):
             group.sort(key=lambda u: u.length, reverse=True)
+            side = "right" if mask == "none" else pad_side
             for batch_units in _batches(group, batch_size, vocab):
-                packed = pack_units(batch_units, pad_id, pad_side, dtype, device, padding_mask=padding_mask)
+                packed = pack_units(batch_units, pad_id, side, dtype, device, mask=mask)
                 _add_stat(stats, "tokens", packed.n_tokens)
                 batch_lp, batch_am = _score_batch(model, packed)
                 for unit, lp, am in zip(batch_units, batch_lp, batch_am):
@@ -483,18 +528,15 @@ def score_rolling(model, tokenizer, items: Sequence[RollingItem], batch_size: in
     units.sort(key=lambda u: u.length, reverse=True)
     vocab = getattr(model.config, "vocab_size", None) or len(tokenizer)
     device, dtype, pad_id = _device(model), _mask_dtype(model), _pad_id(tokenizer)
-    pad_side = getattr(tokenizer, "padding_side", "right") or "right"
-    # Windows are one-choice units: on a sliding-window model a padding mask lets the model
-    # apply its window itself (module docstring); elsewhere the 4D mask, as for choices.
-    padding_mask = sliding_window(model) is not None
+    [(units, mask)] = _mask_groups(model, units)  # windows are causal units: one group
+    pad_side = "right" if mask == "none" else (getattr(tokenizer, "padding_side", "right") or "right")
     window_lp = [0.0] * len(units)
     with _progress(len(units), "scoring windows", progress) as bar:
         for batch_units in _batches(units, batch_size, vocab):
-            packed = pack_units(batch_units, pad_id, pad_side, dtype, device, padding_mask=padding_mask)
+            packed = pack_units(batch_units, pad_id, pad_side, dtype, device, mask=mask)
             if len({u.length for u in batch_units}) == 1:
-                # one segment per row and no padding: the segment mask is the plain causal one, and
-                # without an explicit mask attention takes its fused kernel: SmolLM2, one 1,823-token
-                # window, 70% -> 85% of raw forward tokens per CPU second
+                # no padding either: a wrapper too can go without a mask, which lets attention
+                # take its fused causal kernel
                 packed.attention_mask = None
             _add_stat(stats, "tokens", packed.n_tokens)
             logprobs, _ = _score_batch(model, packed)
