@@ -110,6 +110,17 @@ def test_no_mask_needs_right_padding():
     assert engine.pack_units([unit], 0, "right", torch.float32, "cpu", mask="none").attention_mask is None
 
 
+def test_no_mask_rows_do_not_look_packed_to_transformers():
+    """A position that does not follow the previous one reads as a new packed sequence (transformers then builds a
+    block mask and attention loses its fused causal kernel), so the pads after a short row continue its positions."""
+    from transformers.masking_utils import find_packed_sequence_indices
+
+    units = [engine._Unit(0, [1, 2, 3, 4, 5], [[6]]), engine._Unit(1, [1, 2], [[6], [7]])]
+    packed = engine.pack_units(units, 0, "right", torch.float32, "cpu", mask="none")
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
+    assert find_packed_sequence_indices(packed.position_ids) is None
+
+
 def test_tokenizer_padding_side_does_not_change_scores():
     model, tokenizer = random_model("llama", seed=2)
     tokenizer.padding_side = "left"

@@ -298,6 +298,12 @@ def pack_units(units: Sequence[_Unit], pad_id: int, pad_side: str, dtype: torch.
         targets.append(row_targets)
         n_tokens += n
     if mask == "none":
+        # Pads continue their row's positions: transformers reads a position that does not
+        # follow the previous one as the start of a packed sequence and would build a block
+        # mask, losing the fused causal kernel (and, past max_position_embeddings, nothing:
+        # a row's pads end at L, which fits because the longest row does).
+        for b, u in enumerate(units):
+            pos[b, u.length:] = torch.arange(u.length, L)
         return PackedBatch(ids.to(device), None, pos.to(device), keep.to(device), targets, n_tokens)
     if mask == "padding":
         return PackedBatch(ids.to(device), (seg >= 0).long().to(device), pos.to(device), keep.to(device), targets,
