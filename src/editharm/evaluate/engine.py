@@ -28,7 +28,7 @@ A row that holds one segment only - an item with one choice (LAMBADA, a rolling 
 or whose choices are one token each (MMLU's letters: the row is the context alone) - needs
 no segment mask: its mask is the causal one. Such rows are right-padded and run with no
 mask at all, so no real token can see a pad and attention takes its fused causal kernel
-(an explicit L x L mask cost +25-32% at 2,048-2,304 tokens on SmolLM2, benchmarks/). A
+(the explicit L x L mask cost +15% on three 2,304-token MMLU rows of SmolLM2, docs/benchmarks.md). A
 wrapper that reads the mask for more than attention (SERAC pools its classifier feature
 over the real tokens) is always given one.
 The custom mask replaces the model's own, which would drop the window of sliding-window
