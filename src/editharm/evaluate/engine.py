@@ -34,8 +34,9 @@ over the real tokens) is always given one.
 The custom mask replaces the model's own, which would drop the window of sliding-window
 layers (Gemma 3's local layers: a key more than `sliding_window` positions back is hidden).
 On such a model an item whose sequences fit the window is packed as above (the window
-hides nothing there); every other item is scored one choice per row with a plain padding
-mask, from which the model builds its own windowed and full masks. A per-layer-type dict
+hides nothing there); every other item is scored one choice per row, as a one-segment
+row, so the model builds its own windowed and full masks (a wrapper is given a padding
+mask to build them from). A per-layer-type dict
 of 4D masks would keep the shared context, but wrappers that extend the mask they are
 given (SERAC) take one tensor; only items longer than the window (512 tokens in
 Gemma-3-270M) pay for their context once per choice.
@@ -54,7 +55,6 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from tqdm import tqdm
-
 from transformers import PreTrainedModel
 
 from editharm.models import head_logits
@@ -298,10 +298,9 @@ def pack_units(units: Sequence[_Unit], pad_id: int, pad_side: str, dtype: torch.
         targets.append(row_targets)
         n_tokens += n
     if mask == "none":
-        # Pads continue their row's positions: transformers reads a position that does not
-        # follow the previous one as the start of a packed sequence and would build a block
-        # mask, losing the fused causal kernel (and, past max_position_embeddings, nothing:
-        # a row's pads end at L, which fits because the longest row does).
+        # Pads continue their row's positions (they end at L, as the longest row does):
+        # transformers reads a position that does not follow the previous one as the start
+        # of a packed sequence and would build a block mask, losing the fused causal kernel.
         for b, u in enumerate(units):
             pos[b, u.length:] = torch.arange(u.length, L)
         return PackedBatch(ids.to(device), None, pos.to(device), keep.to(device), targets, n_tokens)
